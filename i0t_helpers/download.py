@@ -1,0 +1,479 @@
+"""Fetch, verify and build the course's data files.
+
+Every file has a pinned URL, a size and a SHA-256 hash. Files are downloaded with
+pooch (progress bar, retries, a temporary file that is moved into place only
+when its hash matches), or copied from a mirror: a folder or a URL laid out like
+``liang2022/``, ``coco/`` and ``flickr8k/``. A file whose hash fails is never
+kept, and an existing good file is never replaced by a bad one.
+
+The data folder is, in order of precedence, the ``data_dir`` argument, the
+``I0T_DATA_DIR`` environment variable, ``data/`` in a source checkout of this
+repository, or the user cache folder when the package was installed from a
+wheel. ``I0T_DATA_MIRROR`` sets the default mirror.
+
+The command-line front end is ``python data_download.py`` (or
+``python -m i0t_helpers.download``); see :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "I0T_DATA_DIR"
+MIRROR_ENV = "I0T_DATA_MIRROR"
+#: Seconds without data after which an HTTP download is abandoned.
+HTTP_TIMEOUT_SECONDS = 30
+#: Extra attempts after a failed download (pooch waits 1 s, then 2 s, between them).
+DOWNLOAD_RETRIES = 2
+
+_LIANG_URL = (
+    "https://raw.githubusercontent.com/Weixin-Liang/Modality-Gap/"
+    "8e20cb24efa4c5f89aad694f2f65eb43ffc46d10/Figure_1_Modality_Gap/{}"
+)
+_COCO_CAPTIONS_URL = (
+    "https://raw.githubusercontent.com/ruizewang/evaluate/"
+    "1152656d3b8c66c48fc6a4357e159f5e21bd2d2d/annotations/captions_val2017.json"
+)
+FLICKR8K_TEXT_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/Flickr8k_text.zip"
+
+
+class DownloadError(RuntimeError):
+    """Raised when a data file cannot be fetched or fails verification."""
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One file of a dataset, as stored under the data folder.
+
+    ``target`` is the path below the data folder and also below a mirror.
+    ``archive`` names the :class:`Archive` the file is a member of when it has no
+    download URL of its own.
+    """
+
+    target: str
+    sha256: str
+    size: int
+    url: str | None = None
+    archive: str | None = None
+    member: str | None = None
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A zip archive published with a checksum, from which member files are extracted."""
+
+    name: str
+    url: str
+    known_hash: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named group of files, with their licence and the derived files built from them."""
+
+    name: str
+    description: str
+    licence: str
+    citation: str
+    files: tuple[DataFile, ...]
+    archives: tuple[Archive, ...] = ()
+    build: Callable[[Path], list[Path]] | None = None
+    derived: tuple[str, ...] = field(default=())
+
+
+def _liang_file(name: str, sha256: str, size: int) -> DataFile:
+    return DataFile(f"liang2022/{name}", sha256, size, url=_LIANG_URL.format(name))
+
+
+_LIANG_LICENCE_FILE = _liang_file(
+    "LICENSE", "a5e6ddb3af783a02eacc848cbe309cc0940b4859ac653e9b1a2e21a4fea22552", 1056
+)
+_LIANG_CITATION = (
+    "Liang, Zhang, Kwon, Yeung and Zou. Mind the Gap: Understanding the Modality Gap in Multi-modal "
+    "Contrastive Representation Learning. NeurIPS 2022."
+)
+_COCO_CAPTIONS = DataFile(
+    "coco/captions_val2017.json",
+    "1018a8760deaf1fc71be2f1b8da1a1348b9c35994af4322ca2fd795a78abb79c",
+    3872493,
+    url=_COCO_CAPTIONS_URL,
+)
+
+
+def _build_starter(data_dir: Path) -> list[Path]:
+    from .packs import build_coco500_packs
+
+    return build_coco500_packs(data_dir)
+
+
+DATASETS: dict[str, Dataset] = {}
+
+
+def register_dataset(dataset: Dataset) -> Dataset:
+    """Add ``dataset`` to the registry that ``list``, ``get`` and ``verify`` use."""
+    if dataset.name in DATASETS:
+        raise ValueError(f"a dataset named {dataset.name!r} is already registered")
+    DATASETS[dataset.name] = dataset
+    return dataset
+
+
+register_dataset(Dataset(
+    name="starter",
+    description="500 COCO val2017 image-caption pairs embedded by CLIP ViT-B/16 and by its random-initialisation "
+                "twin (Liang et al.), with every COCO caption of those images",
+    licence="embeddings MIT (Liang et al.); COCO captions CC BY 4.0",
+    citation=_LIANG_CITATION + " Lin et al. Microsoft COCO: Common Objects in Context. ECCV 2014.",
+    files=(
+        _liang_file("features_clip.npy", "7227280ace0f145d2c45afa8ab507a1cb280e9460aa271fe9052d08e35342adb", 2048128),
+        _liang_file("features_clip_random.npy", "c6a5f9ca3fba36d635fd47d20b3cdd5b9ac78dc462070240fdc2ee2786110403",
+                    2048128),
+        _LIANG_LICENCE_FILE,
+        _COCO_CAPTIONS,
+    ),
+    build=_build_starter,
+    derived=("packs/coco500_clip.npz", "packs/coco500_clip_random.npz"),
+))
+
+
+# Paths and sources ---------------------------------------------------------------------------
+
+
+def default_data_dir() -> Path:
+    """Return the data folder: ``I0T_DATA_DIR``, else ``data/`` of a source checkout, else the user cache."""
+    configured = os.environ.get(DATA_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "i0t_helpers").is_dir():
+        return checkout / "data"
+    import pooch
+
+    return Path(pooch.os_cache("i0t-course"))
+
+
+def resolve_data_dir(data_dir=None) -> Path:
+    """Return ``data_dir`` as a Path, or :func:`default_data_dir` when it is ``None``."""
+    return Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+
+
+def resolve_mirror(mirror=None) -> str | None:
+    """Return the mirror to use: ``mirror``, else ``I0T_DATA_MIRROR``, else ``None`` (the internet)."""
+    if mirror is None:
+        mirror = os.environ.get(MIRROR_ENV) or None
+    return None if mirror is None else str(mirror)
+
+
+def _is_url(location: str) -> bool:
+    return location.startswith(("http://", "https://", "ftp://"))
+
+
+def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """Return the hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(chunk_bytes), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def get_dataset(name: str) -> Dataset:
+    """Return the registered dataset called ``name``."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}") from None
+
+
+# Fetching ------------------------------------------------------------------------------------
+
+
+def _offline_hint() -> str:
+    return (
+        f"if this machine is offline, pass --mirror DIR_OR_URL (or set {MIRROR_ENV}) to a folder or server "
+        f"laid out like liang2022/, coco/ and flickr8k/"
+    )
+
+
+def _copy_verified(source: Path, destination: Path, sha256: str):
+    """Copy ``source`` to ``destination`` through a temporary file, keeping it only if the hash matches."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=destination.name, suffix=".part")
+    os.close(handle)
+    try:
+        shutil.copyfile(source, temporary)
+        actual = file_sha256(Path(temporary))
+        if actual != sha256:
+            raise DownloadError(
+                f"{source} has SHA-256 {actual}, expected {sha256}; the mirror copy is damaged or of another "
+                f"version, so {destination} was not written. Replace the mirror file or download from the internet"
+            )
+        os.replace(temporary, destination)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _download_verified(url: str, destination: Path, known_hash: str, progressbar: bool):
+    """Download ``url`` to ``destination`` with pooch, keeping it only if ``known_hash`` matches."""
+    import pooch
+    import requests
+
+    downloader = pooch.HTTPDownloader(progressbar=progressbar, timeout=HTTP_TIMEOUT_SECONDS)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pooch.core.stream_download(url, destination, known_hash, downloader, retry_if_failed=DOWNLOAD_RETRIES)
+    except requests.exceptions.RequestException as error:
+        raise DownloadError(f"could not download {url} to {destination}: {error}; {_offline_hint()}") from None
+    except ValueError as error:
+        raise DownloadError(
+            f"{url} failed verification and was not saved as {destination}: {error}; retry later, or use a "
+            f"mirror copy with --mirror"
+        ) from None
+
+
+def _fetch_file(data_file: DataFile, data_dir: Path, mirror: str | None, progressbar: bool) -> Path:
+    destination = data_dir / data_file.target
+    if destination.is_file() and file_sha256(destination) == data_file.sha256:
+        logger.info("%s is present and verified", destination)
+        return destination
+
+    if mirror is not None and not _is_url(mirror):
+        source = Path(mirror).expanduser() / data_file.target
+        if not source.is_file():
+            raise DownloadError(
+                f"{source} not found in the mirror {mirror}; the mirror must hold {data_file.target} "
+                f"(layout liang2022/, coco/, flickr8k/)"
+            )
+        logger.info("copying %s from the mirror", data_file.target)
+        _copy_verified(source, destination, data_file.sha256)
+        return destination
+
+    if mirror is not None:
+        url = mirror.rstrip("/") + "/" + data_file.target
+    elif data_file.url is not None:
+        url = data_file.url
+    else:
+        raise DownloadError(f"{data_file.target} has no download URL of its own; it comes from an archive")
+    logger.info("downloading %s from %s", data_file.target, url)
+    _download_verified(url, destination, f"sha256:{data_file.sha256}", progressbar)
+    return destination
+
+
+def _check_member_name(name: str, archive_path: Path):
+    """Reject archive member names that could write outside the extraction folder."""
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if posix.is_absolute() or ".." in posix.parts or (posix.parts and posix.parts[0].endswith(":")):
+        raise DownloadError(f"{archive_path} has an unsafe member {name!r} (absolute path or '..'); nothing extracted")
+
+
+def extract_members(archive_path: Path, members: dict[str, DataFile], data_dir: Path):
+    """Extract the named zip members into ``data_dir`` safely and verify each one.
+
+    Members with absolute paths, ``..`` components or symbolic-link modes are
+    rejected before anything is written. Each member is written to a temporary
+    file and moved into place only when its SHA-256 matches.
+    """
+    try:
+        archive = zipfile.ZipFile(archive_path)
+    except zipfile.BadZipFile as error:
+        raise DownloadError(f"{archive_path} is not a valid zip archive ({error}); delete it and download again") from None
+    with archive:
+        infos = {info.filename: info for info in archive.infolist()}
+        for info in infos.values():
+            _check_member_name(info.filename, archive_path)
+            is_symlink = (info.external_attr >> 16) & 0o170000 == 0o120000
+            if is_symlink:
+                raise DownloadError(f"{archive_path} has a symbolic-link member {info.filename!r}; nothing extracted")
+        for member_name, data_file in members.items():
+            if member_name not in infos:
+                raise DownloadError(f"{archive_path} has no member {member_name!r}; is it the right archive?")
+            destination = data_dir / data_file.target
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=destination.name, suffix=".part")
+            try:
+                with os.fdopen(handle, "wb") as output, archive.open(infos[member_name]) as source:
+                    shutil.copyfileobj(source, output)
+                actual = file_sha256(Path(temporary))
+                if actual != data_file.sha256:
+                    raise DownloadError(
+                        f"member {member_name} of {archive_path} has SHA-256 {actual}, expected {data_file.sha256}; "
+                        f"{destination} was not written"
+                    )
+                os.replace(temporary, destination)
+            finally:
+                Path(temporary).unlink(missing_ok=True)
+
+
+def _fetch_archive_members(dataset: Dataset, archive: Archive, data_dir: Path, mirror: str | None,
+                           progressbar: bool):
+    members = {f.member: f for f in dataset.files if f.archive == archive.name}
+    pending = {
+        name: f for name, f in members.items()
+        if not ((data_dir / f.target).is_file() and file_sha256(data_dir / f.target) == f.sha256)
+    }
+    if not pending:
+        return
+    if mirror is not None:
+        for data_file in pending.values():
+            _fetch_file(data_file, data_dir, mirror, progressbar)
+        return
+    archive_path = data_dir / "archives" / archive.name
+    if not (archive_path.is_file() and _archive_hash_matches(archive_path, archive.known_hash)):
+        logger.info("downloading %s (%.1f MB) from %s", archive.name, archive.size / 1e6, archive.url)
+        _download_verified(archive.url, archive_path, archive.known_hash, progressbar)
+    extract_members(archive_path, pending, data_dir)
+
+
+def _archive_hash_matches(path: Path, known_hash: str) -> bool:
+    algorithm, _, expected = known_hash.partition(":")
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest() == expected
+
+
+def fetch(name: str, data_dir=None, mirror=None, progressbar: bool = True, build: bool = True) -> list[Path]:
+    """Download (or copy from a mirror) and verify every file of dataset ``name``, then build its derived files.
+
+    Returns the paths of the raw files followed by the derived files. Raises
+    :class:`DownloadError` with the file, the URL and what to do next when
+    anything fails; files already verified stay in place.
+    """
+    dataset = get_dataset(name)
+    data_dir = resolve_data_dir(data_dir)
+    mirror = resolve_mirror(mirror)
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+    paths = []
+    for archive in dataset.archives:
+        _fetch_archive_members(dataset, archive, data_dir, mirror, progressbar)
+    for data_file in dataset.files:
+        if data_file.archive is None:
+            paths.append(_fetch_file(data_file, data_dir, mirror, progressbar))
+        else:
+            paths.append(data_dir / data_file.target)
+    if build and dataset.build is not None:
+        paths.extend(dataset.build(data_dir))
+    return paths
+
+
+def verify(name: str, data_dir=None) -> dict[str, str]:
+    """Re-check every raw file of dataset ``name`` on disk; returns ``{target: status}``.
+
+    Status is ``"ok"``, ``"missing"`` or ``"hash mismatch"``.
+    """
+    dataset = get_dataset(name)
+    data_dir = resolve_data_dir(data_dir)
+    status = {}
+    for data_file in dataset.files:
+        path = data_dir / data_file.target
+        if not path.is_file():
+            status[data_file.target] = "missing"
+        elif file_sha256(path) != data_file.sha256:
+            status[data_file.target] = "hash mismatch"
+        else:
+            status[data_file.target] = "ok"
+    for derived in dataset.derived:
+        status[derived] = "ok" if (data_dir / derived).is_file() else "missing"
+    return status
+
+
+def is_present(name: str, data_dir=None) -> bool:
+    """Return whether every raw and derived file of ``name`` exists (hashes are not checked)."""
+    dataset = get_dataset(name)
+    data_dir = resolve_data_dir(data_dir)
+    targets = [f.target for f in dataset.files] + list(dataset.derived)
+    return all((data_dir / target).is_file() for target in targets)
+
+
+# Command line --------------------------------------------------------------------------------
+
+
+def _format_size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.1f} MB" if n_bytes >= 1e5 else f"{n_bytes / 1e3:.1f} kB"
+
+
+def _command_list(arguments) -> int:
+    data_dir = resolve_data_dir(arguments.data_dir)
+    print(f"data folder: {data_dir}")
+    for dataset in DATASETS.values():
+        size = sum(f.size for f in dataset.files)
+        state = "present" if is_present(dataset.name, data_dir) else "not downloaded"
+        print(f"\n{dataset.name}  ({_format_size(size)}, {state})")
+        print(f"  {dataset.description}")
+        print(f"  licence: {dataset.licence}")
+    return 0
+
+
+def _command_get(arguments) -> int:
+    for name in arguments.datasets:
+        paths = fetch(name, arguments.data_dir, arguments.mirror, progressbar=not arguments.quiet)
+        print(f"{name}: {len(paths)} files ready in {resolve_data_dir(arguments.data_dir)}")
+    return 0
+
+
+def _command_verify(arguments) -> int:
+    names = arguments.datasets or list(DATASETS)
+    failed = False
+    for name in names:
+        for target, state in verify(name, arguments.data_dir).items():
+            print(f"{name}: {target}: {state}")
+            failed |= state != "ok"
+    if failed:
+        print("some files are missing or damaged; run: python data_download.py get DATASET", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``data_download.py``."""
+    parser = argparse.ArgumentParser(
+        prog="data_download.py",
+        description="Download, verify and build the data files of the I0T course.",
+    )
+    parser.add_argument("--data-dir", default=None,
+                        help=f"data folder (default: ${DATA_DIR_ENV}, else data/ in the repository)")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+
+    subparsers.add_parser("list", help="show the datasets, their sizes, licences and whether they are present")
+
+    get = subparsers.add_parser("get", help="download or copy the datasets, verify them and build derived files")
+    get.add_argument("datasets", nargs="+", metavar="DATASET", help=f"one or more of: {', '.join(DATASETS)}")
+    get.add_argument("--mirror", default=None,
+                     help=f"folder or URL holding liang2022/, coco/, flickr8k/ (default: ${MIRROR_ENV})")
+    get.add_argument("--quiet", action="store_true", help="hide progress bars")
+
+    check = subparsers.add_parser("verify", help="re-check the SHA-256 of every file on disk")
+    check.add_argument("datasets", nargs="*", metavar="DATASET", help="datasets to check (default: all)")
+
+    for sub in subparsers.choices.values():
+        sub.add_argument("--data-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the ``data_download.py`` command line; returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    arguments = build_parser().parse_args(argv)
+    commands = {"list": _command_list, "get": _command_get, "verify": _command_verify}
+    try:
+        return commands[arguments.command](arguments)
+    except (DownloadError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
