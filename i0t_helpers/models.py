@@ -1,7 +1,8 @@
 """open_clip models used by the course, including a tiny stand-in that needs no download.
 
-:func:`create_tiny_model` builds a randomly initialised CLIP of a few hundred
-thousand parameters from a custom configuration. It shares open_clip's code
+:func:`create_tiny_model` builds a randomly initialised CLIP of 3.4 million
+parameters (3.2 million of them in the token-embedding table) from a custom
+configuration. It shares open_clip's code
 paths (towers, preprocessing, tokenizer) with real models, so tests and offline
 demonstrations exercise the same code that runs on pretrained weights.
 """
