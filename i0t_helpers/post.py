@@ -271,12 +271,15 @@ class I0TPost(_ModalityMeans):
     --------
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
-    >>> images = rng.normal(size=(50, 8)) + 3.0
-    >>> texts = rng.normal(size=(50, 8)) - 3.0
-    >>> post = I0TPost().fit(images, texts)
     >>> from i0t_helpers.metrics import centroid_distance
-    >>> round(centroid_distance(*post.transform(images, texts)), 6)
-    0.0
+    >>> unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
+    >>> images = unit(rng.normal(size=(200, 8)) + 3.0)
+    >>> texts = unit(rng.normal(size=(200, 8)) - 3.0)
+    >>> post = I0TPost().fit(images, texts)
+    >>> round(centroid_distance(images, texts), 3)
+    1.909
+    >>> round(centroid_distance(*post.transform(images, texts)), 3)
+    0.056
     """
 
     _method_name = "i0t_post"

@@ -92,7 +92,7 @@ def recall_at_k(image_embeds, text_embeds, text_image_index=None, ks=(1, 5, 10),
     --------
     >>> import numpy as np
     >>> images = np.eye(3)
-    >>> texts = np.array([[1.0, 0.1, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    >>> texts = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
     >>> recall_at_k(images, texts, ks=(1, 2))["i2t"]
     {1: 0.3333333333333333, 2: 1.0}
     """
