@@ -23,7 +23,9 @@ import logging
 import os
 import shutil
 import sys
+import tarfile
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -33,10 +35,15 @@ logger = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "I0T_DATA_DIR"
 MIRROR_ENV = "I0T_DATA_MIRROR"
-#: Seconds without data after which an HTTP download is abandoned.
+HTTP_TIMEOUT_ENV = "I0T_HTTP_TIMEOUT"
+#: Seconds without data after which an HTTP download attempt is abandoned; ``I0T_HTTP_TIMEOUT`` overrides it.
 HTTP_TIMEOUT_SECONDS = 30
-#: Extra attempts after a failed download (pooch waits 1 s, then 2 s, between them).
+#: Extra attempts after a failed download, each resuming the partial file where the server allows it.
 DOWNLOAD_RETRIES = 2
+#: Retry number i waits ``i * RETRY_WAIT_SECONDS`` seconds before starting.
+RETRY_WAIT_SECONDS = 1.0
+#: Seconds a process waits for another process that is downloading the same file.
+LOCK_TIMEOUT_SECONDS = 3600
 
 _LIANG_URL = (
     "https://raw.githubusercontent.com/Weixin-Liang/Modality-Gap/"
@@ -72,7 +79,7 @@ class DataFile:
 
 @dataclass(frozen=True)
 class Archive:
-    """A zip archive published with a checksum, from which member files are extracted."""
+    """A zip or tar archive published with a checksum, from which member files are extracted."""
 
     name: str
     url: str
@@ -148,6 +155,30 @@ register_dataset(Dataset(
 ))
 
 
+# NOTE: the member names are assumed to sit at the top level of Flickr8k_text.zip; they were not
+# checked against the real archive, and its size is unknown (0 below), so only its MD5 is checked.
+register_dataset(Dataset(
+    name="flickr8k-text",
+    description="Flickr8k captions, test split and the Expert and CrowdFlower human judgments of caption quality "
+                "(text only, no images)",
+    licence="research use (Hodosh, Young and Hockenmaier, 2013)",
+    citation="Hodosh, Young and Hockenmaier. Framing Image Description as a Ranking Task: Data, Models and "
+             "Evaluation Metrics. JAIR 47, 2013.",
+    files=tuple(
+        DataFile(f"flickr8k/{name}", sha256, size, archive="Flickr8k_text.zip", member=name)
+        for name, sha256, size in (
+            ("ExpertAnnotations.txt", "56c2b1a9e1a46ba73b8b151abd7c3c8b1676fbacadb559d0c2eb6524b166cf4f", 346674),
+            ("CrowdFlowerAnnotations.txt", "72a74aef443df4848fb1f3c23654ee9e0ca5b528198f68e2efedf11b6ca61260",
+             2918552),
+            ("Flickr8k.token.txt", "1e1f3a371ba1a1bf742e6930521c037e046b2bf3fcc2390ba8405e0301ed7689", 3395237),
+            ("Flickr_8k.testImages.txt", "c0924146c131458ceba45da59670fe9520eadce1e5cafffa16a817672a9b1f17", 25775),
+            ("readme.txt", "6152fc45ae9b629c4af9c8466e5ae608b80fbcb0f6316fef458dc160020a21a2", 1821),
+        )
+    ),
+    archives=(Archive("Flickr8k_text.zip", FLICKR8K_TEXT_URL, "md5:bf6c1abcb8e4a833b7f922104de18627", size=0),),
+))
+
+
 # Paths and sources ---------------------------------------------------------------------------
 
 
@@ -207,13 +238,27 @@ def _offline_hint() -> str:
     )
 
 
+def _target_path(data_dir: Path, target: str) -> Path:
+    """Return ``data_dir / target``, rejecting targets that would leave the data folder."""
+    posix = PurePosixPath(target.replace("\\", "/"))
+    if not posix.parts or posix.is_absolute() or ".." in posix.parts or posix.parts[0].endswith(":"):
+        raise DownloadError(f"data file target {target!r} must be a relative path inside the data folder")
+    return data_dir / Path(*posix.parts)
+
+
 def _copy_verified(source: Path, destination: Path, sha256: str):
     """Copy ``source`` to ``destination`` through a temporary file, keeping it only if the hash matches."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=destination.name, suffix=".part")
     os.close(handle)
     try:
-        shutil.copyfile(source, temporary)
+        try:
+            shutil.copyfile(source, temporary)
+        except OSError as error:
+            raise DownloadError(
+                f"copying {source} to {destination} failed: {error}; free disk space or choose another "
+                f"--data-dir, then run the command again"
+            ) from None
         actual = file_sha256(Path(temporary))
         if actual != sha256:
             raise DownloadError(
@@ -225,26 +270,155 @@ def _copy_verified(source: Path, destination: Path, sha256: str):
         Path(temporary).unlink(missing_ok=True)
 
 
-def _download_verified(url: str, destination: Path, known_hash: str, progressbar: bool):
-    """Download ``url`` to ``destination`` with pooch, keeping it only if ``known_hash`` matches."""
-    import pooch
-    import requests
-
-    downloader = pooch.HTTPDownloader(progressbar=progressbar, timeout=HTTP_TIMEOUT_SECONDS)
-    destination.parent.mkdir(parents=True, exist_ok=True)
+def http_timeout() -> float:
+    """Return the HTTP timeout in seconds: ``I0T_HTTP_TIMEOUT`` when set, else :data:`HTTP_TIMEOUT_SECONDS`."""
+    configured = os.environ.get(HTTP_TIMEOUT_ENV, "").strip()
+    if not configured:
+        return float(HTTP_TIMEOUT_SECONDS)
     try:
-        pooch.core.stream_download(url, destination, known_hash, downloader, retry_if_failed=DOWNLOAD_RETRIES)
-    except requests.exceptions.RequestException as error:
-        raise DownloadError(f"could not download {url} to {destination}: {error}; {_offline_hint()}") from None
-    except ValueError as error:
+        timeout = float(configured)
+    except ValueError:
+        timeout = float("nan")
+    if not (timeout > 0 and timeout != float("inf")):
+        raise ValueError(f"{HTTP_TIMEOUT_ENV} must be a positive number of seconds, got {configured!r}")
+    return timeout
+
+
+class _PermanentDownloadError(DownloadError):
+    """A download failure that another attempt cannot fix (HTTP 4xx, a full disk, an oversized response)."""
+
+
+def _partial_path(destination: Path) -> Path:
+    return destination.with_name(destination.name + ".part")
+
+
+def _stream_to_partial(url: str, partial: Path, timeout: float, size: int | None, progressbar: bool):
+    """Append the rest of ``url`` to ``partial``, resuming from its length with an HTTP Range request.
+
+    A server that ignores the Range header answers 200 with the whole file, which
+    then replaces the partial content. Network errors propagate as
+    ``requests.exceptions.RequestException`` and leave the bytes received so far
+    in ``partial`` for the next attempt.
+    """
+    import requests
+    from tqdm.auto import tqdm
+
+    offset = partial.stat().st_size if partial.is_file() else 0
+    if size is not None and offset == size:
+        return
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
+        if offset and response.status_code == 416:
+            # The partial file already holds every byte the server has; the hash check decides.
+            return
+        if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
+            raise _PermanentDownloadError(
+                f"the server answered HTTP {response.status_code} {response.reason} for {url}; check that the "
+                f"URL is right, or {_offline_hint()}"
+            )
+        response.raise_for_status()
+
+        resumed = bool(offset) and response.status_code == 206
+        if resumed and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+            raise requests.exceptions.ContentDecodingError(
+                f"the server sent Content-Range {response.headers.get('Content-Range')!r} for a request from byte "
+                f"{offset}"
+            )
+        if not resumed:
+            offset = 0
+        written = offset
+        remaining = int(response.headers.get("Content-Length") or 0)
+        with open(partial, "ab" if resumed else "wb") as output, \
+                tqdm(total=offset + remaining or None, initial=offset, unit="B", unit_scale=True,
+                     disable=not progressbar, desc=partial.name[:-len(".part")]) as progress:
+            for chunk in response.iter_content(chunk_size=1 << 16):
+                if size is not None and written + len(chunk) > size:
+                    raise _PermanentDownloadError(
+                        f"{url} sent more than the expected {size} bytes; it is not the registered file"
+                    )
+                try:
+                    output.write(chunk)
+                except OSError as error:
+                    raise _PermanentDownloadError(
+                        f"writing {partial} failed: {error}; free disk space or choose another --data-dir, then "
+                        f"run the command again"
+                    ) from None
+                written += len(chunk)
+                progress.update(len(chunk))
+    if size is not None and written < size:
+        # A server that closes the connection without announcing a length ends the stream silently.
+        raise requests.exceptions.ChunkedEncodingError(f"the connection closed after {written} of {size} bytes")
+
+
+def _download_verified(url: str, destination: Path, known_hash: str, progressbar: bool, size: int | None = None):
+    """Download ``url`` to ``destination``, keeping it only if ``known_hash`` (``"sha256:HEX"``) matches.
+
+    The bytes go to ``destination.part``, which is moved into place only after
+    its hash matches, so ``destination`` is never a partial or unverified file and
+    a previous file there survives every failure. A transfer cut short
+    (connection lost, timeout, HTTP 5xx) keeps the partial file and the next
+    attempt, or the next call, asks the server for the remaining bytes with an
+    HTTP Range request. A hash mismatch, an HTTP 4xx answer, a response larger
+    than ``size`` and a failed write (a full disk) delete the partial file. A lock
+    file next to ``destination`` makes concurrent processes download it once.
+    Timeout: :func:`http_timeout`; attempts: ``1 + DOWNLOAD_RETRIES``.
+    """
+    import requests
+    from filelock import FileLock, Timeout
+
+    timeout = http_timeout()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = _partial_path(destination)
+    lock = FileLock(str(destination.with_name(f".{destination.name}.lock")), timeout=LOCK_TIMEOUT_SECONDS)
+    try:
+        lock.acquire()
+    except Timeout:
         raise DownloadError(
-            f"{url} failed verification and was not saved as {destination}: {error}; retry later, or use a "
-            f"mirror copy with --mirror"
+            f"another process has been downloading {destination} for over {LOCK_TIMEOUT_SECONDS} s; stop it or "
+            f"delete {lock.lock_file} if no such process runs"
         ) from None
+
+    try:
+        if destination.is_file() and _archive_hash_matches(destination, known_hash):
+            logger.info("%s was downloaded by another process", destination)
+            return
+        attempts = 1 + DOWNLOAD_RETRIES
+        for attempt in range(1, attempts + 1):
+            try:
+                _stream_to_partial(url, partial, timeout, size, progressbar)
+            except _PermanentDownloadError:
+                partial.unlink(missing_ok=True)
+                raise
+            except requests.exceptions.RequestException as error:
+                kept = partial.stat().st_size if partial.is_file() else 0
+                if attempt == attempts:
+                    raise DownloadError(
+                        f"could not download {url} to {destination} after {attempts} attempt(s): {error}; "
+                        f"{kept} bytes are kept in {partial} and the next run resumes from there; "
+                        f"{_offline_hint()}"
+                    ) from None
+                logger.warning("download of %s failed (%s); retrying, %d bytes kept", url, error, kept)
+                time.sleep(attempt * RETRY_WAIT_SECONDS)
+                continue
+
+            if _archive_hash_matches(partial, known_hash):
+                os.replace(partial, destination)
+                return
+            received = partial.stat().st_size
+            partial.unlink()
+            if attempt == attempts:
+                raise DownloadError(
+                    f"{url} failed verification ({received} bytes whose hash is not {known_hash}) and was not saved "
+                    f"as {destination}; retry later, or use a mirror copy with --mirror"
+                )
+            logger.warning("%s failed verification; downloading it again from the start", url)
+            time.sleep(attempt * RETRY_WAIT_SECONDS)
+    finally:
+        lock.release()
 
 
 def _fetch_file(data_file: DataFile, data_dir: Path, mirror: str | None, progressbar: bool) -> Path:
-    destination = data_dir / data_file.target
+    destination = _target_path(data_dir, data_file.target)
     if destination.is_file() and file_sha256(destination) == data_file.sha256:
         logger.info("%s is present and verified", destination)
         return destination
@@ -267,7 +441,7 @@ def _fetch_file(data_file: DataFile, data_dir: Path, mirror: str | None, progres
     else:
         raise DownloadError(f"{data_file.target} has no download URL of its own; it comes from an archive")
     logger.info("downloading %s from %s", data_file.target, url)
-    _download_verified(url, destination, f"sha256:{data_file.sha256}", progressbar)
+    _download_verified(url, destination, f"sha256:{data_file.sha256}", progressbar, size=data_file.size)
     return destination
 
 
@@ -278,33 +452,76 @@ def _check_member_name(name: str, archive_path: Path):
         raise DownloadError(f"{archive_path} has an unsafe member {name!r} (absolute path or '..'); nothing extracted")
 
 
-def extract_members(archive_path: Path, members: dict[str, DataFile], data_dir: Path):
-    """Extract the named zip members into ``data_dir`` safely and verify each one.
+def _open_zip_members(archive_path: Path):
+    """Return ``(archive, {name: opener})`` for a zip file whose every member is safe to extract."""
+    archive = zipfile.ZipFile(archive_path)
+    openers = {}
+    for info in archive.infolist():
+        _check_member_name(info.filename, archive_path)
+        if (info.external_attr >> 16) & 0o170000 == 0o120000:
+            archive.close()
+            raise DownloadError(f"{archive_path} has a symbolic-link member {info.filename!r}; nothing extracted")
+        openers[info.filename] = lambda info=info: archive.open(info)
+    return archive, openers
 
-    Members with absolute paths, ``..`` components or symbolic-link modes are
-    rejected before anything is written. Each member is written to a temporary
-    file and moved into place only when its SHA-256 matches.
+
+def _open_tar_members(archive_path: Path):
+    """Return ``(archive, {name: opener})`` for a tar file of regular files and folders only.
+
+    Symbolic links, hard links and device or FIFO members are rejected, like
+    absolute and ``..`` names, because tar extraction would follow or create them
+    outside the data folder.
+    """
+    archive = tarfile.open(archive_path)
+    openers = {}
+    for info in archive.getmembers():
+        _check_member_name(info.name, archive_path)
+        if info.issym() or info.islnk():
+            archive.close()
+            raise DownloadError(f"{archive_path} has a link member {info.name!r} -> {info.linkname!r}; nothing extracted")
+        if not (info.isfile() or info.isdir()):
+            archive.close()
+            raise DownloadError(f"{archive_path} has a special member {info.name!r} (device or FIFO); nothing extracted")
+        if info.isfile():
+            openers[info.name] = lambda info=info: archive.extractfile(info)
+    return archive, openers
+
+
+def extract_members(archive_path: Path, members: dict[str, DataFile], data_dir: Path):
+    """Extract the named zip or tar members into ``data_dir`` safely and verify each one.
+
+    Every member name is checked before anything is written: an absolute path,
+    a ``..`` component, a symbolic or hard link or a special file anywhere in
+    the archive rejects the whole archive. Each requested member is written to
+    ``data_dir / DataFile.target`` (never to a path taken from the archive)
+    through a temporary file that is moved into place only when its SHA-256
+    matches; a failed write removes the temporary file.
     """
     try:
-        archive = zipfile.ZipFile(archive_path)
-    except zipfile.BadZipFile as error:
-        raise DownloadError(f"{archive_path} is not a valid zip archive ({error}); delete it and download again") from None
+        if zipfile.is_zipfile(archive_path):
+            archive, openers = _open_zip_members(archive_path)
+        elif tarfile.is_tarfile(archive_path):
+            archive, openers = _open_tar_members(archive_path)
+        else:
+            raise DownloadError(f"{archive_path} is neither a zip nor a tar archive; delete it and download again")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
+        raise DownloadError(f"{archive_path} is a damaged archive ({error}); delete it and download again") from None
     with archive:
-        infos = {info.filename: info for info in archive.infolist()}
-        for info in infos.values():
-            _check_member_name(info.filename, archive_path)
-            is_symlink = (info.external_attr >> 16) & 0o170000 == 0o120000
-            if is_symlink:
-                raise DownloadError(f"{archive_path} has a symbolic-link member {info.filename!r}; nothing extracted")
         for member_name, data_file in members.items():
-            if member_name not in infos:
+            if member_name not in openers:
                 raise DownloadError(f"{archive_path} has no member {member_name!r}; is it the right archive?")
-            destination = data_dir / data_file.target
+            destination = _target_path(data_dir, data_file.target)
             destination.parent.mkdir(parents=True, exist_ok=True)
             handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=destination.name, suffix=".part")
             try:
-                with os.fdopen(handle, "wb") as output, archive.open(infos[member_name]) as source:
-                    shutil.copyfileobj(source, output)
+                try:
+                    with os.fdopen(handle, "wb") as output, openers[member_name]() as source:
+                        shutil.copyfileobj(source, output)
+                except OSError as error:
+                    raise DownloadError(
+                        f"writing member {member_name} of {archive_path} to {destination} failed: {error}; free "
+                        f"disk space or choose another --data-dir, then run the command again"
+                    ) from None
                 actual = file_sha256(Path(temporary))
                 if actual != data_file.sha256:
                     raise DownloadError(
@@ -332,7 +549,7 @@ def _fetch_archive_members(dataset: Dataset, archive: Archive, data_dir: Path, m
     archive_path = data_dir / "archives" / archive.name
     if not (archive_path.is_file() and _archive_hash_matches(archive_path, archive.known_hash)):
         logger.info("downloading %s (%.1f MB) from %s", archive.name, archive.size / 1e6, archive.url)
-        _download_verified(archive.url, archive_path, archive.known_hash, progressbar)
+        _download_verified(archive.url, archive_path, archive.known_hash, progressbar, size=archive.size)
     extract_members(archive_path, pending, data_dir)
 
 
