@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 #: Largest deviation of a row norm from 1 that is accepted without a warning.
 NORM_TOLERANCE = 1e-3
+#: Rows whose norms are this close to 1 are returned as they are, so unit input round-trips bit for bit.
+ALREADY_UNIT_TOLERANCE = 1e-6
 
 
 def _to_array(values, name: str) -> np.ndarray:
@@ -79,7 +81,11 @@ def check_float_matrix(values, name: str) -> np.ndarray:
 
 
 def l2_normalize(array: np.ndarray, name: str = "embeddings", warn: bool = True) -> np.ndarray:
-    """Return a row-normalised copy of ``array``; all-zero rows raise ``ValueError``."""
+    """Return ``array`` with unit rows; all-zero rows raise ``ValueError``.
+
+    Input whose row norms are all within ``ALREADY_UNIT_TOLERANCE`` of 1 is
+    returned unchanged (not copied); anything else is divided by its norms.
+    """
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     zero_rows = np.flatnonzero(norms[:, 0] == 0)
     if zero_rows.size:
@@ -90,6 +96,8 @@ def l2_normalize(array: np.ndarray, name: str = "embeddings", warn: bool = True)
     if not np.isfinite(norms).all():
         raise ValueError(f"{name} has rows whose norm overflows {array.dtype}; rescale the input")
     deviation = float(np.max(np.abs(norms - 1.0)))
+    if deviation <= ALREADY_UNIT_TOLERANCE:
+        return array
     if warn and deviation > NORM_TOLERANCE:
         logger.warning(
             "%s is not L2-normalised (largest |norm - 1| = %.3g); normalising each row", name, deviation
