@@ -40,10 +40,15 @@ def load_npy_matrix(path: str, name: str) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{name} file not found: {path}")
+    with open(path, "rb") as stream:
+        magic = stream.read(6)
+    if magic != b"\x93NUMPY":
+        kind = "an .npz archive; pass it with --pack" if magic[:2] == b"PK" else "not a .npy file (no NumPy header)"
+        raise ValueError(f"{path} is {kind}; save embeddings with np.save(path, embeddings.astype(np.float32))")
     try:
         array = np.load(path, allow_pickle=False, mmap_mode="r")
     except ValueError as error:
-        if "pickle" in str(error).lower():
+        if "pickle" in str(error).lower() or "python objects" in str(error).lower():
             raise ValueError(
                 f"{path} holds pickled Python objects, which are never loaded; save a plain float array with "
                 f"np.save(path, embeddings.astype(np.float32))"
@@ -51,8 +56,6 @@ def load_npy_matrix(path: str, name: str) -> np.ndarray:
         raise ValueError(f"{path} is not a readable .npy file: {error}") from None
     except (OSError, EOFError) as error:
         raise ValueError(f"{path} is not a readable .npy file ({error}); save embeddings with np.save") from None
-    if isinstance(array, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} is an .npz archive; pass it with --pack instead")
     if array.ndim != 2:
         raise ValueError(f"{path} holds a {array.ndim}-D array of shape {array.shape}; {name} must be 2-D (n, dim)")
     return np.asarray(array)
