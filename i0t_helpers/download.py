@@ -179,6 +179,35 @@ register_dataset(Dataset(
 ))
 
 
+def _build_liang2022(data_dir: Path) -> list[Path]:
+    from .liang2022 import build_liang2022_packs
+
+    return build_liang2022_packs(data_dir)
+
+
+_LIANG2022_MODEL_FILES = (
+    ("clip", "7227280ace0f145d2c45afa8ab507a1cb280e9460aa271fe9052d08e35342adb", 2048128),
+    ("clip_random", "c6a5f9ca3fba36d635fd47d20b3cdd5b9ac78dc462070240fdc2ee2786110403", 2048128),
+    ("convirt", "8cfb9c31888d12726a3f8b551bed64f04b25d1c76d5353b0a3e9efeceb43edb9", 2048128),
+    ("convirt_random", "2fd5698e712d5e0d72256a1b29044b2059818f0575ab12bfcb2c5ae13092007f", 2048128),
+    ("videoclip", "53255cac6105c5c47dd1850d77de084957d5f83841ba9ae9254bf7ae998573da", 614528),
+    ("videoclip_random", "c57ee05a606c4a9da0d71ad8b5d5c964d780af816890064a693eb178492c0f3b", 614528),
+    ("clasp", "5a1d12a68729405003fe19b271a38ae35adab97c139e4b4a51d70b18c44bf628", 608384),
+    ("clasp_random", "2a159d008b7527e9fbd3de49daf9116d9500d1aaa250c3a5b009b162c5f4066b", 608384),
+)
+register_dataset(Dataset(
+    name="liang2022-all",
+    description="every embedding file of Liang et al. (2022): CLIP (COCO), ConVIRT (medical images and reports), "
+                "VideoCLIP (video and text) and CLASP (proteins and text), each with its random-initialisation twin",
+    licence="MIT (Liang et al.)",
+    citation=_LIANG_CITATION,
+    files=tuple(_liang_file(f"features_{model}.npy", sha256, size) for model, sha256, size in _LIANG2022_MODEL_FILES)
+    + (_LIANG_LICENCE_FILE,),
+    build=_build_liang2022,
+    derived=tuple(f"packs/liang2022_{model}.npz" for model, _, _ in _LIANG2022_MODEL_FILES),
+))
+
+
 # Paths and sources ---------------------------------------------------------------------------
 
 
@@ -331,7 +360,8 @@ def _stream_to_partial(url: str, partial: Path, timeout: float, size: int | None
         with open(partial, "ab" if resumed else "wb") as output, \
                 tqdm(total=offset + remaining or None, initial=offset, unit="B", unit_scale=True,
                      disable=not progressbar, desc=partial.name[:-len(".part")]) as progress:
-            for chunk in response.iter_content(chunk_size=1 << 16):
+            # Small chunks, because a read that hits the end of a cut connection discards its bytes.
+            for chunk in response.iter_content(chunk_size=1 << 13):
                 if size is not None and written + len(chunk) > size:
                     raise _PermanentDownloadError(
                         f"{url} sent more than the expected {size} bytes; it is not the registered file"

@@ -28,6 +28,7 @@ import numpy as np
 
 from .download import fetch, resolve_data_dir
 from .embeddings import EmbeddingPack
+from .liang2022 import PACK_TARGETS as LIANG2022_PACK_TARGETS
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ PACKS: dict[str, tuple[str, str]] = {
     "starter": ("starter", "packs/coco500_clip.npz"),
     "starter-random": ("starter", "packs/coco500_clip_random.npz"),
 }
+PACKS.update({name: ("liang2022-all", target) for name, target in LIANG2022_PACK_TARGETS.items()})
 
 #: Smallest TF-IDF / CLIP correlation accepted as a correct alignment.
 MIN_ALIGNMENT_CORRELATION = 0.15

@@ -7,4 +7,5 @@ arguments and returns an exit status.
 
 COMMAND_MODULES = [
     "i0t_helpers.commands.gap",
+    "i0t_helpers.commands.diagnose",
 ]
