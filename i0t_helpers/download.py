@@ -1,10 +1,13 @@
 """Fetch, verify and build the course's data files.
 
 Every file has a pinned URL, a size and a SHA-256 hash. Files are downloaded with
-pooch (progress bar, retries, a temporary file that is moved into place only
-when its hash matches), or copied from a mirror: a folder or a URL laid out like
+requests into a ``.part`` file that is moved into place only when its hash
+matches (with a progress bar, retries that resume the partial file with HTTP
+Range requests, and a lock file so that concurrent processes download a file
+once), or copied from a mirror: a folder or a URL laid out like
 ``liang2022/``, ``coco/`` and ``flickr8k/``. A file whose hash fails is never
-kept, and an existing good file is never replaced by a bad one.
+kept, and an existing good file is never replaced by a bad one. Zip and tar
+archives with absolute, ``..``, link or device members are rejected whole.
 
 The data folder is, in order of precedence, the ``data_dir`` argument, the
 ``I0T_DATA_DIR`` environment variable, ``data/`` in a source checkout of this
@@ -338,7 +341,7 @@ def _stream_to_partial(url: str, partial: Path, timeout: float, size: int | None
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
         if offset and response.status_code == 416:
-            # The partial file already holds every byte the server has; the hash check decides.
+            # The partial file already contains every byte the server has, so the hash check decides.
             return
         if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
             raise _PermanentDownloadError(
@@ -397,6 +400,7 @@ def _download_verified(url: str, destination: Path, known_hash: str, progressbar
     from filelock import FileLock, Timeout
 
     timeout = http_timeout()
+    size = size or None  # a registered size of 0 means unknown
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = _partial_path(destination)
     lock = FileLock(str(destination.with_name(f".{destination.name}.lock")), timeout=LOCK_TIMEOUT_SECONDS)
