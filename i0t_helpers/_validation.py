@@ -9,7 +9,9 @@ The rules, applied at the boundary of each public function:
 * rows are L2-normalised; when a row's norm is further than ``NORM_TOLERANCE``
   from 1 a warning is logged once per call, because CLIP-style analyses assume
   unit vectors;
-* an all-zero row cannot be normalised and raises ``ValueError``.
+* an all-zero row cannot be normalised and raises ``ValueError``, and so does a
+  row whose norm overflows or underflows the dtype (values whose squares exceed
+  its range or round to 0), with a request to rescale the input.
 """
 
 from __future__ import annotations
@@ -86,15 +88,22 @@ def l2_normalize(array: np.ndarray, name: str = "embeddings", warn: bool = True)
     Input whose row norms are all within ``ALREADY_UNIT_TOLERANCE`` of 1 is
     returned unchanged (not copied); anything else is divided by its norms.
     """
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    zero_rows = np.flatnonzero(norms[:, 0] == 0)
+    zero_rows = np.flatnonzero(~array.any(axis=1))
     if zero_rows.size:
         raise ValueError(
             f"{name} has {zero_rows.size} all-zero row(s), first at row {int(zero_rows[0])}; "
             f"a zero vector has no direction and cannot be L2-normalised, so remove those rows"
         )
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.linalg.norm(array, axis=1, keepdims=True)
     if not np.isfinite(norms).all():
         raise ValueError(f"{name} has rows whose norm overflows {array.dtype}; rescale the input")
+    underflow_rows = np.flatnonzero(norms[:, 0] == 0)
+    if underflow_rows.size:
+        raise ValueError(
+            f"{name} has {underflow_rows.size} row(s) whose values are too small to square in {array.dtype} "
+            f"(the norm underflows to 0), first at row {int(underflow_rows[0])}; rescale the input"
+        )
     deviation = float(np.max(np.abs(norms - 1.0)))
     if deviation <= ALREADY_UNIT_TOLERANCE:
         return array
