@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -102,6 +103,27 @@ class Dataset:
     archives: tuple[Archive, ...] = ()
     build: Callable[[Path], list[Path]] | None = None
     derived: tuple[str, ...] = field(default=())
+    folders: tuple["ArchiveFolder", ...] = ()
+
+
+@dataclass(frozen=True)
+class ArchiveFolder:
+    """Every member of an archive below ``prefix``, extracted into the folder ``target``.
+
+    An image archive holds thousands of members, too many to list each with its
+    own hash, so the archive's published hash vouches for all of them: members
+    are extracted only from an archive whose hash matches, through a staging
+    folder that replaces ``target`` once every member is written, with a
+    manifest (:data:`FOLDER_MANIFEST`) that marks the folder complete.
+    ``n_files`` is the expected member count, checked as a sanity check only;
+    ``suffixes`` keeps members with these lower-case suffixes (all when empty).
+    """
+
+    archive: str
+    prefix: str
+    target: str
+    n_files: int | None = None
+    suffixes: tuple[str, ...] = ()
 
 
 def _liang_file(name: str, sha256: str, size: int) -> DataFile:
@@ -179,6 +201,38 @@ register_dataset(Dataset(
         )
     ),
     archives=(Archive("Flickr8k_text.zip", FLICKR8K_TEXT_URL, "md5:bf6c1abcb8e4a833b7f922104de18627", size=0),),
+))
+
+
+register_dataset(Dataset(
+    name="coco-val2017",
+    description="COCO val2017: the 5,000 images (an 815.6 MB zip) and their 25,014 captions, for live encoding",
+    licence="images: Flickr terms of use, as distributed by COCO; captions CC BY 4.0",
+    citation="Lin et al. Microsoft COCO: Common Objects in Context. ECCV 2014.",
+    files=(_COCO_CAPTIONS,),
+    # The zip's MD5 is 442b8da7639aecaf257c1dceb8ba8c80; its SHA-256 is checked here.
+    archives=(Archive("val2017.zip", "http://images.cocodataset.org/zips/val2017.zip",
+                      "sha256:4f7e2ccb2866ec5041993c9cf2a952bbed69647b115d0f74da7ce8f4bef82f05", size=815585330),),
+    folders=(ArchiveFolder("val2017.zip", "val2017/", "coco/val2017", n_files=5000, suffixes=(".jpg",)),),
+))
+
+
+# NOTE: the member folder "Flicker8k_Dataset/" (the archive's own spelling) and the 8,091 images are
+# taken from public scripts that unpack this archive; the archive's size is unknown (0), so only its MD5
+# is checked. Flickr30k is not registered: its images come only from a request form, with no public URL
+# and checksum.
+register_dataset(Dataset(
+    name="flickr8k-images",
+    description="the 8,091 Flickr8k images (about 1 GB zip), for live encoding of the Flickr8k test split",
+    licence="research use (Hodosh, Young and Hockenmaier, 2013); images under Flickr terms of use",
+    citation="Hodosh, Young and Hockenmaier. Framing Image Description as a Ranking Task: Data, Models and "
+             "Evaluation Metrics. JAIR 47, 2013.",
+    files=(),
+    archives=(Archive("Flickr8k_Dataset.zip",
+                      "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/Flickr8k_Dataset.zip",
+                      "md5:f18a1e2920de5bd84dae7cf08ec78978", size=0),),
+    folders=(ArchiveFolder("Flickr8k_Dataset.zip", "Flicker8k_Dataset/", "flickr8k/images", n_files=8091,
+                           suffixes=(".jpg",)),),
 ))
 
 
@@ -596,6 +650,123 @@ def _archive_hash_matches(path: Path, known_hash: str) -> bool:
     return digest.hexdigest() == expected
 
 
+# Whole folders of an archive -----------------------------------------------------------------
+
+#: File written last into an extracted :class:`ArchiveFolder`; its presence marks the folder complete.
+FOLDER_MANIFEST = ".i0t-extracted.json"
+
+
+def archive_folder_status(folder: ArchiveFolder, data_dir: Path) -> str:
+    """Return ``"ok"``, ``"missing"`` or ``"incomplete"`` for an extracted archive folder.
+
+    ``"ok"`` means the manifest is present and the folder holds as many files
+    as the manifest records; file contents are not re-hashed.
+    """
+    destination = _target_path(Path(data_dir), folder.target)
+    if not destination.is_dir():
+        return "missing"
+    try:
+        manifest = json.loads((destination / FOLDER_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "incomplete"
+    n_present = sum(1 for path in destination.rglob("*") if path.is_file() and path.name != FOLDER_MANIFEST)
+    return "ok" if n_present == manifest.get("n_files") else "incomplete"
+
+
+def extract_folder(archive_path: Path, folder: ArchiveFolder, data_dir: Path, known_hash: str) -> Path:
+    """Extract every member of ``archive_path`` below ``folder.prefix`` into ``data_dir / folder.target``.
+
+    The caller has checked the archive against ``known_hash``, which the
+    manifest records. Member names are checked as in :func:`extract_members`
+    (absolute paths, ``..``, links and special files reject the whole archive).
+    Members are written to a staging folder beside the target, which replaces
+    the target only when all of them are written; a failure removes it.
+    Returns the target folder.
+    """
+    destination = _target_path(Path(data_dir), folder.target)
+    try:
+        if zipfile.is_zipfile(archive_path):
+            archive, openers = _open_zip_members(archive_path)
+        elif tarfile.is_tarfile(archive_path):
+            archive, openers = _open_tar_members(archive_path)
+        else:
+            raise DownloadError(f"{archive_path} is neither a zip nor a tar archive; delete it and download again")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
+        raise DownloadError(f"{archive_path} is a damaged archive ({error}); delete it and download again") from None
+
+    with archive:
+        members = sorted(
+            name for name in openers
+            if name.startswith(folder.prefix) and not name.endswith("/") and len(name) > len(folder.prefix)
+            and (not folder.suffixes or name.lower().endswith(folder.suffixes))
+        )
+        if not members:
+            top_level = sorted({name.split("/", 1)[0] for name in openers})[:10]
+            raise DownloadError(
+                f"{archive_path} has no member below {folder.prefix!r}; its top-level entries are {top_level}. "
+                f"Is it the right archive?"
+            )
+        staging = destination.with_name(destination.name + ".extracting")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            for name in members:
+                output = staging / Path(*PurePosixPath(name[len(folder.prefix):]).parts)
+                output.parent.mkdir(parents=True, exist_ok=True)
+                with openers[name]() as source, open(output, "wb") as stream:
+                    shutil.copyfileobj(source, stream)
+            manifest = {"archive": archive_path.name, "known_hash": known_hash, "prefix": folder.prefix,
+                        "n_files": len(members)}
+            (staging / FOLDER_MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+            shutil.rmtree(destination, ignore_errors=True)
+            os.replace(staging, destination)
+        except OSError as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise DownloadError(
+                f"extracting {archive_path} into {destination} failed: {error}; free disk space or choose another "
+                f"--data-dir, then run the command again"
+            ) from None
+
+    if folder.n_files is not None and len(members) != folder.n_files:
+        logger.warning("%s: extracted %d files below %r, expected %d", archive_path.name, len(members),
+                       folder.prefix, folder.n_files)
+    logger.info("extracted %d files from %s into %s", len(members), archive_path.name, destination)
+    return destination
+
+
+def _fetch_archive_folder(dataset: Dataset, folder: ArchiveFolder, data_dir: Path, mirror: str | None,
+                          progressbar: bool) -> Path:
+    """Download the folder's archive when needed (verified by its hash) and extract the folder."""
+    destination = _target_path(data_dir, folder.target)
+    if archive_folder_status(folder, data_dir) == "ok":
+        logger.info("%s is present and complete", destination)
+        return destination
+    archive = next((item for item in dataset.archives if item.name == folder.archive), None)
+    if archive is None:
+        raise ValueError(f"dataset {dataset.name!r} lists no archive named {folder.archive!r}")
+
+    archive_path = data_dir / "archives" / archive.name
+    if not (archive_path.is_file() and _archive_hash_matches(archive_path, archive.known_hash)):
+        url = archive.url
+        mirrored = None if mirror is None or _is_url(mirror) else Path(mirror).expanduser() / "archives" / archive.name
+        if mirror is not None and _is_url(mirror):
+            url = mirror.rstrip("/") + "/archives/" + archive.name
+        if mirrored is not None and mirrored.is_file():
+            logger.info("copying %s from the mirror", archive.name)
+            archive_path.parent.mkdir(parents=True, exist_ok=True)
+            partial = _partial_path(archive_path)
+            shutil.copyfile(mirrored, partial)
+            if not _archive_hash_matches(partial, archive.known_hash):
+                partial.unlink()
+                raise DownloadError(f"{mirrored} does not match {archive.known_hash}; replace the mirror copy")
+            os.replace(partial, archive_path)
+        else:
+            if mirrored is not None:
+                logger.info("the mirror %s has no archives/%s; downloading it from %s", mirror, archive.name, url)
+            logger.info("downloading %s from %s", archive.name, url)
+            _download_verified(url, archive_path, archive.known_hash, progressbar, size=archive.size)
+    return extract_folder(archive_path, folder, data_dir, archive.known_hash)
+
+
 def fetch(name: str, data_dir=None, mirror=None, progressbar: bool = True, build: bool = True) -> list[Path]:
     """Download (or copy from a mirror) and verify every file of dataset ``name``, then build its derived files.
 
@@ -611,6 +782,8 @@ def fetch(name: str, data_dir=None, mirror=None, progressbar: bool = True, build
     paths = []
     for archive in dataset.archives:
         _fetch_archive_members(dataset, archive, data_dir, mirror, progressbar)
+    for folder in dataset.folders:
+        paths.append(_fetch_archive_folder(dataset, folder, data_dir, mirror, progressbar))
     for data_file in dataset.files:
         if data_file.archive is None:
             paths.append(_fetch_file(data_file, data_dir, mirror, progressbar))
@@ -639,6 +812,8 @@ def verify(name: str, data_dir=None) -> dict[str, str]:
             status[data_file.target] = "ok"
     for derived in dataset.derived:
         status[derived] = "ok" if (data_dir / derived).is_file() else "missing"
+    for folder in dataset.folders:
+        status[folder.target + "/"] = archive_folder_status(folder, data_dir)
     return status
 
 
@@ -647,7 +822,8 @@ def is_present(name: str, data_dir=None) -> bool:
     dataset = get_dataset(name)
     data_dir = resolve_data_dir(data_dir)
     targets = [f.target for f in dataset.files] + list(dataset.derived)
-    return all((data_dir / target).is_file() for target in targets)
+    folders_ok = all(archive_folder_status(folder, data_dir) == "ok" for folder in dataset.folders)
+    return folders_ok and all((data_dir / target).is_file() for target in targets)
 
 
 # Command line --------------------------------------------------------------------------------
@@ -662,6 +838,8 @@ def _command_list(arguments) -> int:
     print(f"data folder: {data_dir}")
     for dataset in DATASETS.values():
         size = sum(f.size for f in dataset.files)
+        folder_archives = {folder.archive for folder in dataset.folders}
+        size += sum(archive.size for archive in dataset.archives if archive.name in folder_archives)
         state = "present" if is_present(dataset.name, data_dir) else "not downloaded"
         print(f"\n{dataset.name}  ({_format_size(size)}, {state})")
         print(f"  {dataset.description}")
