@@ -27,6 +27,14 @@ logger = logging.getLogger(__name__)
 PACK_FORMAT_VERSION = 1
 
 
+def _check_no_nul(texts: list[str] | None, name: str):
+    """Reject NUL characters, which numpy's fixed-width string arrays drop from the end of a string."""
+    for position, text in enumerate(texts or []):
+        if "\x00" in text:
+            raise ValueError(f"{name} entry {position} ({text!r}) contains a NUL character, which a pack cannot "
+                             f"store; remove it")
+
+
 @dataclass
 class EmbeddingPack:
     """Image and text embeddings of one model on one dataset, with their captions.
@@ -89,6 +97,9 @@ class EmbeddingPack:
                 raise ValueError(
                     f"references must have one list per image ({self.n_images}); got {len(self.references)}"
                 )
+        _check_no_nul(self.captions, "captions")
+        for image_row, references in enumerate(self.references or []):
+            _check_no_nul(references, f"references[{image_row}]")
         if not isinstance(self.metadata, dict):
             raise TypeError(f"metadata must be a dict, got {type(self.metadata).__name__}")
         json.dumps(self.metadata)  # raises TypeError early for values that cannot be saved
