@@ -36,7 +36,7 @@ course: notebooks
 	$(BIN)/python -m i0t_helpers gap --pack starter --post
 
 test: data
-	$(BIN)/python -m pytest -p no:cacheprovider tests --nbval notebooks --sanitize-with notebooks/nbval_sanitize.cfg
+	$(BIN)/python -m pytest -p no:cacheprovider tests --nbval notebooks --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
 clean:
 	rm -rf $(VENV) data
