@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,7 +211,7 @@ class EmbeddingPack:
                 contents = {key: data[key] for key in data.files}
         except ValueError as error:
             raise ValueError(f"{path} is not a valid embedding pack (it may hold pickled objects): {error}") from None
-        except (OSError, EOFError) as error:
+        except (OSError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"{path} is not a readable .npz embedding pack: {error}") from None
 
         missing = {"image_embeds", "text_embeds"} - contents.keys()
