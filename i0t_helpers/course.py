@@ -59,13 +59,61 @@ def setup_notebook(seed: int = 0, prefer_gpu: bool = True) -> str:
     return pick_device(prefer_gpu)
 
 
+#: Prefix of a live data source: ``"live:MODEL/PRETRAINED/DATASET[:N_IMAGES]"``.
+LIVE_PREFIX = "live:"
+
+
+def parse_live_source(source: str) -> dict:
+    """Split ``"live:MODEL/PRETRAINED/DATASET[:N_IMAGES]"`` into its parts.
+
+    ``PRETRAINED`` may be a checkpoint path containing slashes, because the
+    model is the first part and the dataset the last. ``N_IMAGES`` keeps the
+    first images of the dataset only. Example:
+    ``"live:ViT-B-32/openai/coco-val2017:1000"``.
+    """
+    from .encoding import LIVE_DATASETS
+
+    body = source[len(LIVE_PREFIX):]
+    model, _, rest = body.partition("/")
+    pretrained, _, dataset = rest.rpartition("/")
+    if not (model and pretrained and dataset):
+        raise ValueError(
+            f"a live source looks like 'live:MODEL/PRETRAINED/DATASET', e.g. 'live:ViT-B-32/openai/coco-val2017'; "
+            f"got {source!r}"
+        )
+    dataset, _, count = dataset.partition(":")
+    if dataset not in LIVE_DATASETS:
+        raise ValueError(f"unknown live dataset {dataset!r} in {source!r}; choose one of {', '.join(LIVE_DATASETS)}")
+    if count and not (count.isdigit() and int(count) > 0):
+        raise ValueError(f"the image count after ':' must be a positive integer; got {count!r} in {source!r}")
+    return {"model": model, "pretrained": pretrained, "dataset": dataset, "n_images": int(count) if count else None}
+
+
 def load_source(source: str = DEFAULT_SOURCE, **options):
     """Return the embedding pack a notebook analyses.
 
-    ``"starter"`` (the default) is the 500 COCO pairs embedded by CLIP ViT-B/16;
-    any other pack name or ``.npz`` path is loaded with :func:`load_pack`.
-    ``options`` are passed on to :func:`load_pack`.
+    * ``"starter"`` (the default): the 500 COCO pairs embedded by CLIP ViT-B/16;
+      other pack names and ``.npz`` paths are loaded with :func:`load_pack`,
+      which receives ``options``.
+    * ``"live:MODEL/PRETRAINED/DATASET[:N_IMAGES]"``: encode a dataset with an
+      open_clip model now (see :func:`parse_live_source`), for example
+      ``"live:ViT-B-32/openai/coco-val2017"``. Like the starter pack, the result
+      has one caption per image (the first one in file order, the protocol of
+      An et al. (2025)) and keeps every caption of the image as a reference.
+      ``options`` go to :func:`i0t_helpers.encoding.dataset_pack` (``device``
+      and ``precision`` go to :func:`i0t_helpers.models.load_model`).
+      Embeddings are cached on disk, so a second run reads them back.
     """
+    if str(source).startswith(LIVE_PREFIX):
+        from .encoding import dataset_pack
+        from .models import load_model
+
+        parts = parse_live_source(str(source))
+        loaded = load_model(parts["model"], parts["pretrained"], device=options.pop("device", None),
+                            precision=options.pop("precision", "auto"))
+        options.setdefault("captions", "first")
+        return dataset_pack(loaded, parts["dataset"], n_images=parts["n_images"], **options)
+
     from .packs import load_pack
 
     return load_pack(source, **options)
