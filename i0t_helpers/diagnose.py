@@ -13,8 +13,9 @@ embedding sets:
   the experiments :func:`clipping_experiment` and :func:`removal_experiment`;
 * :func:`peak_cosine_bound`: the bound of An et al. on the cross-modal cosine;
 * :func:`diagnosis_summary` and :func:`compare_models` for several models at once;
-* figures (:func:`plot_dimension_means`, :func:`plot_intervention_curves`) and an
-  ipywidgets explorer (:func:`diagnosis_explorer`).
+* :func:`peak_examples`: the peak values of very different inputs side by side;
+* figures (:func:`plot_dimension_means`, :func:`plot_content_independence`,
+  :func:`plot_intervention_curves`) and an ipywidgets explorer (:func:`diagnosis_explorer`).
 
 Every analysis function takes either an :class:`~i0t_helpers.EmbeddingPack` or
 ``image_embeds, text_embeds`` arrays (plus an optional ``text_image_index``), and
@@ -64,7 +65,7 @@ def _resolve_input(image_embeds, text_embeds, text_image_index):
         index = pack.text_image_index if text_image_index is None else text_image_index
         image_embeds, text_embeds, text_image_index = pack.image_embeds, pack.text_embeds, index
     elif text_embeds is None:
-        raise TypeError("text_embeds is missing; pass it, or pass an EmbeddingPack as the first argument")
+        raise TypeError("text_embeds is missing. Pass it, or pass an EmbeddingPack as the first argument")
 
     images, texts = check_embedding_pair(image_embeds, text_embeds)
     index = check_text_image_index(text_image_index, len(texts), len(images))
@@ -440,17 +441,50 @@ def most_different_rows(embeds, n: int = 5) -> np.ndarray:
     return np.asarray(chosen)
 
 
+def peak_examples(pack: EmbeddingPack, n: int = 5, image_dim: int | None = None,
+                  text_dim: int | None = None) -> pd.DataFrame:
+    """Show that a peak takes the same value for very different inputs.
+
+    Picks ``n`` images that differ as much as possible (:func:`most_different_rows`).
+    The table has one row per image with its first caption (empty when the pack
+    has no captions), the image's value on ``image_dim``, that caption's value
+    on ``text_dim``, and the image's highest cosine to the other examples. The
+    dimensions default to the top peak of each modality.
+    """
+    if not isinstance(pack, EmbeddingPack):
+        raise TypeError(f"pack must be an EmbeddingPack, got {type(pack).__name__}")
+    peaks = peak_dimensions(pack, top=1)
+    image_dim = int(peaks["image"]["dim"].iloc[0]) if image_dim is None else image_dim
+    text_dim = int(peaks["text"]["dim"].iloc[0]) if text_dim is None else text_dim
+    for name, dim in (("image_dim", image_dim), ("text_dim", text_dim)):
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 0 <= dim < pack.dim:
+            raise ValueError(f"{name} must be a dimension number in 0..{pack.dim - 1}, got {dim!r}")
+
+    rows = most_different_rows(pack.image_embeds, n)
+    first_text = np.array([np.flatnonzero(pack.text_image_index == row)[0] for row in rows])
+    images = pack.image_embeds[rows].astype(np.float64)
+    similarity = images @ images.T
+    np.fill_diagonal(similarity, -np.inf)
+    table = pd.DataFrame({
+        "caption": [pack.captions[text] if pack.captions is not None else "" for text in first_text],
+        f"image[{image_dim}]": images[:, image_dim],
+        f"text[{text_dim}]": pack.text_embeds[first_text, text_dim].astype(np.float64),
+        "max cosine to other examples": similarity.max(axis=1) if n > 1 else np.nan,
+    }, index=pd.Index(rows, name="image row"))
+    return table
+
+
 # Several models -----------------------------------------------------------------------------------
 
 
 def diagnosis_summary(pack: EmbeddingPack, ks=(1, 5)) -> dict:
     """Summarise the diagnosis of one pack: its gap, top peaks, and the effect of I0T_post.
 
-    Returns a flat dict with the model name, sizes, the centroid distance, the
-    top image and text peak (dimension, mean, std), the share of the squared gap
-    carried by the top-k contributors for each k in ``ks``, recall@1 in both
-    directions, and the centroid distance and recall@1 after I0T_post with the
-    means fitted on the pack itself.
+    Returns a flat dict with the model name, the sizes, the centroid distance
+    and the top image and text peak (dimension, mean, std). It adds the share of
+    the squared gap carried by the top-k contributors for each k in ``ks`` and
+    recall@1 in both directions. The ``post_`` entries give the centroid distance
+    and recall@1 after I0T_post, with the means fitted on the pack itself.
     """
     from .post import I0TPost
 
@@ -493,9 +527,9 @@ def compare_models(packs: dict, ks=(1, 5)) -> pd.DataFrame:
 
 def plot_dimension_means(image_embeds, text_embeds=None, text_image_index=None, top: int = 2, axes=None,
                          labels=("image", "text"), title: str | None = None):
-    """Draw the per-dimension mean of each modality as bars, with +-1 std as a band; returns the axes.
+    """Draw the per-dimension mean of each modality as vertical lines, with +-1 std as a band; returns the axes.
 
-    Two panels, one per modality, share the y axis; the ``top`` peaks of each
+    Two panels, one per modality, share the y axis. The ``top`` peaks of each
     modality (largest ``|mean|``) are labelled with their dimension number.
     """
     import matplotlib.pyplot as plt
@@ -509,18 +543,46 @@ def plot_dimension_means(image_embeds, text_embeds=None, text_image_index=None, 
     dims = stats.index.to_numpy()
     for ax, modality, label, color in zip(axes, ("image", "text"), labels, (IMAGE_COLOR, TEXT_COLOR)):
         mean, std = stats[f"{modality}_mean"].to_numpy(), stats[f"{modality}_std"].to_numpy()
-        ax.fill_between(dims, mean - std, mean + std, color="0.8", step="mid", label="mean +- 1 std")
-        ax.bar(dims, mean, width=1.0, color=color, label=f"{label} mean")
+        ax.fill_between(dims, mean - std, mean + std, color="0.85", step="mid", label="mean +- 1 std", zorder=1)
+        # One vertical line per dimension stays visible at any figure width, unlike 1-pixel bars.
+        ax.vlines(dims, 0.0, mean, color=color, linewidth=1.0, label=f"{label} mean", zorder=2)
         for dim in np.argsort(-np.abs(mean), kind="stable")[:top]:
             ax.annotate(str(dim), (dim, mean[dim]), textcoords="offset points",
                         xytext=(4, 4 if mean[dim] >= 0 else -12), fontsize="small")
         ax.axhline(0.0, color="0.3", linewidth=0.5)
         ax.set_ylabel("mean value")
-        ax.legend(loc="lower right", fontsize="small")
+        ax.legend(loc="upper left", fontsize="small")
     axes[-1].set_xlabel("dimension")
     if title:
         axes[0].set_title(title)
     return axes
+
+
+def plot_content_independence(image_embeds, text_embeds=None, text_image_index=None, top: int = 2, ax=None,
+                               labels=("image", "text")):
+    """Draw each dimension's standard deviation against its absolute mean, per modality; returns the axes.
+
+    Content-independent peaks sit far right and low: a large mean that barely
+    varies from one input to the next. The ``top`` peaks of each modality are
+    labelled with their dimension number.
+    """
+    from .plotting import IMAGE_COLOR, TEXT_COLOR, _axes
+
+    stats = dimension_statistics(image_embeds, text_embeds, text_image_index)
+    top = _check_count(top, "top", len(stats), minimum=0)
+    ax = _axes(ax)
+    for modality, label, color in zip(("image", "text"), labels, (IMAGE_COLOR, TEXT_COLOR)):
+        absolute_mean = np.abs(stats[f"{modality}_mean"].to_numpy())
+        std = stats[f"{modality}_std"].to_numpy()
+        ax.scatter(absolute_mean, std, s=8, alpha=0.6, color=color, label=label)
+        for dim in np.argsort(-absolute_mean, kind="stable")[:top]:
+            ax.annotate(str(dim), (absolute_mean[dim], std[dim]), textcoords="offset points", xytext=(4, 4),
+                        fontsize="small", color=color)
+    ax.set_xlabel("|mean| across samples")
+    ax.set_ylabel("std across samples")
+    ax.set_title("Peaks: large mean, small spread")
+    ax.legend(loc="best")
+    return ax
 
 
 def plot_intervention_curves(packs: dict, counts=tuple(range(0, 21)), levels=(None, 0.5, 0.3, 0.2, 0.15, 0.1,
@@ -564,8 +626,10 @@ def plot_intervention_curves(packs: dict, counts=tuple(range(0, 21)), levels=(No
         ax.invert_xaxis()
     axes[0, 0].set_title("removing peak dimensions")
     axes[0, 1].set_title("clipping activations to [-c, c]")
-    axes[0, 1].legend(loc="best", fontsize="small", title="dotted: I0T_post")
-    figure.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize="small",
+                  title="dotted lines: after I0T_post")
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
     return figure
 
 

@@ -21,6 +21,8 @@ from i0t_helpers.diagnose import (
     most_different_rows,
     peak_cosine_bound,
     peak_dimensions,
+    peak_examples,
+    plot_content_independence,
     plot_dimension_means,
     plot_intervention_curves,
     rank_dimensions,
@@ -28,6 +30,7 @@ from i0t_helpers.diagnose import (
     removal_experiment,
     top_gap_share,
 )
+from i0t_helpers.exercises import nb02
 from i0t_helpers.post import I0TPost
 
 from .conftest import unit_rows
@@ -415,6 +418,26 @@ def test_most_different_rows_hand_case():
         most_different_rows(embeds, 5)
 
 
+def test_peak_examples_on_starter(starter_pack):
+    table = peak_examples(starter_pack, n=4)
+    rows = table.index.to_numpy()
+
+    np.testing.assert_array_equal(rows, most_different_rows(starter_pack.image_embeds, 4))
+    np.testing.assert_allclose(table["image[442]"], starter_pack.image_embeds[rows, 442], rtol=1e-6)
+    np.testing.assert_allclose(table["text[362]"], starter_pack.text_embeds[rows, 362], rtol=1e-6)
+    assert (table["image[442]"] > 0.3).all()
+    assert table["caption"].iloc[0] == starter_pack.captions[rows[0]]
+    images = starter_pack.image_embeds[rows].astype(np.float64)
+    similarity = images @ images.T
+    np.fill_diagonal(similarity, -np.inf)
+    np.testing.assert_allclose(table["max cosine to other examples"], similarity.max(axis=1), rtol=1e-6)
+
+
+def test_peak_examples_bad_dimension(planted_peaks):
+    with pytest.raises(ValueError, match="image_dim must be a dimension number in 0..31"):
+        peak_examples(EmbeddingPack(*planted_peaks), image_dim=32)
+
+
 def test_diagnosis_summary_on_starter(starter_pack):
     summary = diagnosis_summary(starter_pack)
     assert summary["image_peak_dim"] == 442
@@ -459,6 +482,12 @@ def test_plot_intervention_curves_lines(planted_peaks, gapped_embeddings):
     figure = plot_intervention_curves(packs, counts=range(0, 4), levels=(None, 0.1))
     assert len(figure.axes) == 4
     assert len(figure.axes[0].lines) == 4  # two packs: one curve and one I0T_post line each
+
+
+def test_plot_content_independence_labels(planted_peaks):
+    ax = plot_content_independence(*planted_peaks, top=1)
+    assert sorted(text.get_text() for text in ax.texts) == sorted([str(IMAGE_PEAK), str(TEXT_PEAK)])
+    assert len(ax.collections) == 2
 
 
 def test_explorer_updates(planted_peaks, capsys):
@@ -509,3 +538,35 @@ def test_cli_bad_top(tmp_path, planted_peaks, capsys):
     np.save(tmp_path / "texts.npy", texts)
     assert cli_main(["diagnose", str(tmp_path / "images.npy"), str(tmp_path / "texts.npy"), "--top", "40"]) == 2
     assert "error: top=40 exceeds the embedding dimension 32" in capsys.readouterr().err
+
+
+# Exercise checkers -----------------------------------------------------------------------------
+
+
+def test_exercise_checkers_accept_right_answers(planted_peaks, capsys):
+    pack = EmbeddingPack(*planted_peaks)
+    contribution = np.sort((planted_peaks[0].mean(axis=0) - planted_peaks[1].mean(axis=0)) ** 2)[::-1]
+
+    assert nb02.check_peak_dimension(IMAGE_PEAK, pack, modality="image")
+    assert nb02.check_peak_dimension(TEXT_PEAK, pack)
+    assert nb02.check_top_share(contribution[:3].sum() / contribution.sum(), pack, k=3)
+    assert nb02.check_cosine_bound(np.sqrt((1 - 0.36) * (1 - 2 * 0.09)), p=-0.6, q=0.3)
+    assert capsys.readouterr().out.count("Correct!") == 4
+
+
+def test_exercise_checkers_reject_wrong_answers(planted_peaks, capsys):
+    pack = EmbeddingPack(*planted_peaks)
+    assert not nb02.check_peak_dimension(TEXT_PEAK, pack, modality="image")
+    assert not nb02.check_top_share(None, pack)
+    assert not nb02.check_cosine_bound(0.76)
+    assert not nb02.check_removals_to_reach("two", pack, target=0.5)
+    assert capsys.readouterr().out.count("Not quite. Hint:") == 4
+    with pytest.raises(ValueError, match="modality must be 'image' or 'text'"):
+        nb02.check_peak_dimension(0, pack, modality="audio")
+
+
+def test_exercise_removals_on_starter(starter_pack):
+    table = removal_experiment(starter_pack, counts=range(0, 30))
+    expected = int(table.index[table["centroid_distance"] < 0.5][0])
+    assert nb02.check_removals_to_reach(expected, starter_pack, target=0.5)
+    assert not nb02.check_removals_to_reach(expected - 1, starter_pack, target=0.5)
