@@ -207,12 +207,17 @@ class EmbeddingPack:
         if not path.is_file():
             raise FileNotFoundError(f"embedding pack not found: {path}")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                contents = {key: data[key] for key in data.files}
+            loaded = np.load(path, allow_pickle=False)
+            if isinstance(loaded, np.lib.npyio.NpzFile):
+                with loaded as data:
+                    contents = {key: data[key] for key in data.files}
         except ValueError as error:
             raise ValueError(f"{path} is not a valid embedding pack (it may hold pickled objects): {error}") from None
         except (OSError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"{path} is not a readable .npz embedding pack: {error}") from None
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path} contains a single .npy array, not an .npz embedding pack; pass image and "
+                             f"text arrays separately or build a pack with EmbeddingPack(...).save")
 
         missing = {"image_embeds", "text_embeds"} - contents.keys()
         if missing:
