@@ -359,15 +359,18 @@ class I0TAsyncModel(nn.Module):
         self.use_heads = bool(use_heads)
         self.tower_dropout = float(tower_dropout)
         self.register_buffer("logit_scale", torch.tensor(float(logit_scale)), persistent=False)
+        # The hooks act only while this module's own encode_* runs, so other wrappers of the same towers
+        # are unaffected.
+        self._dropout_active = False
         self._dropout_hooks = []
-        blocks = _residual_blocks(towers)
-        if self.tower_dropout > 0 and not blocks:
-            raise ValueError(
-                f"tower_dropout={tower_dropout} needs transformer blocks to apply dropout to, but "
-                f"{type(towers).__name__} has no open_clip ResidualAttentionBlock"
-            )
-        for block in blocks:
-            self._dropout_hooks.append(block.register_forward_hook(self._block_dropout))
+        if self.tower_dropout > 0:
+            blocks = _residual_blocks(towers)
+            if not blocks:
+                raise ValueError(
+                    f"tower_dropout={tower_dropout} needs transformer blocks to apply dropout to, but "
+                    f"{type(towers).__name__} has no open_clip ResidualAttentionBlock"
+                )
+            self._dropout_hooks = [block.register_forward_hook(self._block_dropout) for block in blocks]
         self.set_towers_trainable(not freeze_towers)
 
     @property
@@ -402,13 +405,24 @@ class I0TAsyncModel(nn.Module):
         return self
 
     def _block_dropout(self, module, inputs, output):
-        if self.training and self.tower_dropout > 0:
+        if self._dropout_active:
             return F.dropout(output, p=self.tower_dropout, training=True)
         return output
 
     def _tower_features(self, encode, inputs) -> torch.Tensor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.towers_trainable):
-            return encode(inputs)
+        self._dropout_active = self.training and self.tower_dropout > 0
+        try:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.towers_trainable):
+                return encode(inputs)
+        finally:
+            self._dropout_active = False
+
+    def remove_dropout_hooks(self):
+        """Detach the MCSIE dropout hooks from the towers (for reusing the towers elsewhere)."""
+        for hook in self._dropout_hooks:
+            hook.remove()
+        self._dropout_hooks = []
+        self.tower_dropout = 0.0
 
     def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Encode images; the output is always L2-normalised (``normalize`` is accepted for open_clip's API)."""
