@@ -9,4 +9,7 @@ COMMAND_MODULES = [
     "i0t_helpers.commands.gap",
     "i0t_helpers.commands.correlate",
     "i0t_helpers.commands.diagnose",
+    "i0t_helpers.commands.encode",
+    "i0t_helpers.commands.evaluate",
+    "i0t_helpers.commands.train_async",
 ]
