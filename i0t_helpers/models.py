@@ -204,7 +204,9 @@ def resolve_device(device=None) -> str:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device {device!r} is not a valid torch device ({error}); use 'cpu', 'cuda' or 'auto'") from None
+        raise ValueError(
+            f"device {device!r} is not a valid torch device ({error}); use 'cpu', 'cuda' or 'auto'"
+        ) from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was requested but CUDA is not available here; use device='cpu' or 'auto'")
     return str(parsed)
@@ -218,7 +220,9 @@ def _resolve_autocast_dtype(device: str, precision: str) -> str | None:
         return "float16" if device.startswith("cuda") else None
     if precision.startswith("amp"):
         if not device.startswith("cuda"):
-            raise ValueError(f"precision={precision!r} needs a CUDA device; on {device!r} use precision='fp32' or 'auto'")
+            raise ValueError(
+                f"precision={precision!r} needs a CUDA device; on {device!r} use precision='fp32' or 'auto'"
+            )
         _, _, dtype = precision.partition("_")
         dtype = dtype or "float16"
         if dtype not in _AUTOCAST_DTYPES:

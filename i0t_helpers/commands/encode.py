@@ -15,7 +15,8 @@ def register(subparsers):
                     "gap, diagnose and evaluate read. Embeddings are cached on disk, so a second run with the same "
                     "model and inputs reads them back instead of encoding again.",
     )
-    parser.add_argument("--model", required=True, help="open_clip model name, e.g. ViT-B-32 (see open_clip.list_models())")
+    parser.add_argument("--model", required=True,
+                        help="open_clip model name, e.g. ViT-B-32 (see open_clip.list_models())")
     parser.add_argument("--pretrained", default="none", metavar="TAG_OR_PATH",
                         help="pretrained tag (e.g. openai, laion2b_s34b_b79k), a local checkpoint file, or 'none' "
                              "for a random initialisation (default: none)")
