@@ -122,23 +122,27 @@ def check_embeddings(values, name: str, normalize: bool = True) -> np.ndarray:
     return array
 
 
-def check_embedding_pair(image_embeds, text_embeds, paired: bool = False, normalize: bool = True):
+def check_embedding_pair(image_embeds, text_embeds, paired: bool = False, normalize: bool = True,
+                         names: tuple[str, str] = ("image_embeds", "text_embeds")):
     """Validate image and text embeddings of the same dimension.
 
     With ``paired=True`` the row counts must match too, because row i of one is
-    the partner of row i of the other.
+    the partner of row i of the other. ``names`` are the caller's argument
+    names, used in error messages (for example ``("caption_embeds",
+    "reference_embeds")``).
     """
-    images = check_embeddings(image_embeds, "image_embeds", normalize=normalize)
-    texts = check_embeddings(text_embeds, "text_embeds", normalize=normalize)
+    image_name, text_name = names
+    images = check_embeddings(image_embeds, image_name, normalize=normalize)
+    texts = check_embeddings(text_embeds, text_name, normalize=normalize)
     if images.shape[1] != texts.shape[1]:
         raise ValueError(
-            f"image_embeds and text_embeds must have the same dimension; got {images.shape[1]} "
+            f"{image_name} and {text_name} must have the same dimension; got {images.shape[1]} "
             f"and {texts.shape[1]} (were they produced by the same model?)"
         )
     if paired and images.shape[0] != texts.shape[0]:
         raise ValueError(
-            f"paired input needs as many image rows as text rows (row i of one pairs with row i of the "
-            f"other); got {images.shape[0]} images and {texts.shape[0]} texts"
+            f"paired input needs as many rows in {image_name} as in {text_name} (row i of one pairs with row i "
+            f"of the other); got {images.shape[0]} images and {texts.shape[0]} texts"
         )
     dtype = np.result_type(images.dtype, texts.dtype)
     return images.astype(dtype, copy=False), texts.astype(dtype, copy=False)
