@@ -58,12 +58,21 @@ class WeightsUnavailableError(DownloadError):
     """Raised when pretrained weights are neither in the local cache nor downloadable."""
 
 
+#: The tiny model with 512-d embeddings, the dimension of CLIP ViT-B/32 and ViT-B/16, for analyses
+#: that look at more dimensions than the 64 of :data:`TINY_MODEL_CONFIG`.
+TINY_WIDE_MODEL_NAME = "i0t-tiny-vit-512"
+TINY_WIDE_MODEL_CONFIG = {**copy.deepcopy(TINY_MODEL_CONFIG), "embed_dim": 512}
+
+_TINY_CONFIGS = {TINY_MODEL_NAME: TINY_MODEL_CONFIG, TINY_WIDE_MODEL_NAME: TINY_WIDE_MODEL_CONFIG}
+
+
 def register_tiny_model_config():
-    """Register :data:`TINY_MODEL_CONFIG` with open_clip under :data:`TINY_MODEL_NAME` (idempotent)."""
+    """Register the tiny configurations with open_clip under their names (idempotent)."""
     from open_clip import factory
 
-    if TINY_MODEL_NAME not in factory._MODEL_CONFIGS:
-        factory._MODEL_CONFIGS[TINY_MODEL_NAME] = copy.deepcopy(TINY_MODEL_CONFIG)
+    for name, config in _TINY_CONFIGS.items():
+        if name not in factory._MODEL_CONFIGS:
+            factory._MODEL_CONFIGS[name] = copy.deepcopy(config)
 
 
 def create_tiny_model(seed: int = 0):
@@ -400,8 +409,8 @@ def load_model(model_name: str, pretrained: str | None = None, device=None, prec
     ----------
     model_name : str
         An open_clip model name (``open_clip.list_models()``), an
-        ``"hf-hub:org/repo"`` name, or :data:`TINY_MODEL_NAME` for the tiny
-        offline stand-in.
+        ``"hf-hub:org/repo"`` name, or :data:`TINY_MODEL_NAME` (64-d) or
+        :data:`TINY_WIDE_MODEL_NAME` (512-d) for the tiny offline stand-ins.
     pretrained : str or None
         A pretrained tag of that model (``open_clip.list_pretrained_tags_by_model``),
         the path of a local checkpoint file, or ``None`` (also ``"none"`` or
@@ -454,7 +463,7 @@ def load_model(model_name: str, pretrained: str | None = None, device=None, prec
 
     device = resolve_device(device)
     autocast_dtype = _resolve_autocast_dtype(device, precision)
-    if model_name == TINY_MODEL_NAME:
+    if model_name in _TINY_CONFIGS:
         register_tiny_model_config()
 
     source = weights_source(model_name, pretrained, cache_dir)
