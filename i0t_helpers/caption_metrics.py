@@ -55,8 +55,8 @@ def add_caption_prefix(captions, prefix: str | None = CAPTION_PREFIX) -> list[st
     """Collapse whitespace in each caption and prepend ``prefix`` and one space.
 
     Hessel et al. (2021) feed ``"A photo depicts " + caption`` to CLIP's text
-    tower, for candidates and, in their released code, for references as well;
-    their Flickr8k script first joins each caption's words with single spaces.
+    tower for candidates, and their released code does the same for references.
+    Their Flickr8k script first joins each caption's words with single spaces.
     Scores of captions encoded with and without the prefix are not comparable.
 
     Parameters
@@ -93,7 +93,7 @@ def caption_token_counts(tokenizer, texts) -> np.ndarray:
     """Count the tokens of each text, start and end tokens included.
 
     CLIP's text tower reads at most ``context_length`` tokens (77 for the
-    OpenAI models); open_clip's tokenizer cuts longer texts and puts the end
+    OpenAI models). open_clip's tokenizer cuts longer texts and puts the end
     token last, so words past the limit do not change the embedding. Compare
     the counts with ``tokenizer.context_length`` to find captions that lose
     words.
@@ -465,7 +465,7 @@ def tfidf_reference_similarity(candidates, references, candidate_reference_index
     The vocabulary and the inverse document frequencies are fitted on all
     distinct reference texts (scikit-learn's ``TfidfVectorizer`` defaults:
     lower-casing, words of two or more characters, smooth IDF, L2-normalised
-    rows). It sees no image, so it measures how much of the human judgment
+    rows). It uses no image, so it measures how much of the human judgment
     can be predicted from the overlap of words with the references alone.
 
     Parameters
@@ -573,8 +573,8 @@ def pairwise_accuracy(scores_a, scores_b, human_preference_a, tie_credit: float 
     who preferred candidate A (1 or 0 for a single vote, 0.6 when 3 of 5 chose
     A). Pairs with a share of exactly 0.5 have no majority and are left out,
     counted in ``n_human_ties``. The metric is right when it scores the
-    majority's candidate higher; a metric tie earns ``tie_credit`` (0.5 by
-    default, as a coin flip would on average; 0 counts ties as errors).
+    majority's candidate higher. A metric tie earns ``tie_credit``: 0.5 by
+    default, what a coin flip earns on average, or 0 to count ties as errors.
 
     Parameters
     ----------
@@ -630,6 +630,10 @@ class ModalityParadox:
     image_closer_fraction : float
         Share of images i whose nearest other image j has
         ``cos(v_i, v_j) > cos(v_i, c_i)``.
+    closer_image_share : float
+        Mean over i of the share of other images j with
+        ``cos(v_i, v_j) > cos(v_i, c_i)``: how many unrelated images beat the
+        correct caption for a typical image.
     mean_matched_cosine : float
         Mean ``cos(v_i, c_i)`` over the pairs.
     mean_nearest_image_cosine : float
@@ -639,6 +643,7 @@ class ModalityParadox:
     """
 
     image_closer_fraction: float
+    closer_image_share: float
     mean_matched_cosine: float
     mean_nearest_image_cosine: float
     mean_image_image_cosine: float
@@ -670,8 +675,10 @@ def modality_paradox(image_embeds, caption_embeds) -> ModalityParadox:
     nearest = image_image.max(axis=1)
     matched = _row_cosines(images, captions, np.arange(len(images)))
     off_diagonal = image_image[~np.eye(len(images), dtype=bool)]
+    closer_counts = (image_image > matched[:, None]).sum(axis=1)  # the diagonal is -inf, never counted
     return ModalityParadox(
         image_closer_fraction=float(np.mean(nearest > matched)),
+        closer_image_share=float(np.mean(closer_counts / (len(images) - 1))),
         mean_matched_cosine=float(matched.mean()),
         mean_nearest_image_cosine=float(nearest.mean()),
         mean_image_image_cosine=float(off_diagonal.mean()),

@@ -116,9 +116,9 @@ def _tied_pairs(values: np.ndarray) -> float:
 def _statistics(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Compute tau-b, tau-c and Pearson quietly (NaN for constant input), for the bootstrap.
 
-    scipy computes tau-b; tau-c follows from the same concordance count,
-    ``P - Q = tau_b * sqrt((n0 - n1)(n0 - n2))`` with ``n0 = n(n-1)/2`` and n1,
-    n2 the pairs tied in x and in y, which halves the cost. The result agrees
+    scipy computes tau-b. tau-c follows from the same concordance count,
+    ``P - Q = tau_b * sqrt((n0 - n1)(n0 - n2))``, where ``n0 = n(n-1)/2`` and n1,
+    n2 count the pairs tied in x and in y. This halves the cost. The result agrees
     with scipy's tau-c to rounding (about 1e-15).
     """
     from scipy.stats import kendalltau
@@ -345,8 +345,8 @@ def human_correlation(pair_scores, judgment_pair_index, human_ratings, pair_grou
         The pair each rating belongs to.
     human_ratings : array-like of shape (n_judgments,)
     pair_groups : array-like of shape (n_pairs,), optional
-        Image (or other resampling unit) of each pair; needed for intervals
-        and for ``n_images``. Without it every pair is its own group.
+        Image (or other resampling unit) of each pair. Intervals and
+        ``n_images`` use it; without it every pair is its own group.
     n_bootstrap : int
         Resamples for percentile intervals; 0 computes none.
     confidence : float

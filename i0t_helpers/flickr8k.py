@@ -18,7 +18,7 @@ PAC-S (Sarto et al., 2023) reuses:
 
 Malformed lines (wrong number of fields, unparsable or out-of-range numbers,
 inconsistent vote counts, repeated pairs) are skipped, counted and logged as
-a warning; blank lines are ignored. Texts are compared exactly after removing
+a warning. Blank lines are ignored. Texts are compared exactly after removing
 the line ending, as the CLIPScore preparation does.
 
 The module also writes and reads the JSON layout of the CLIPScore and PAC-S
@@ -321,22 +321,22 @@ class HumanJudgments:
 
     def subset_images(self, images) -> "HumanJudgments":
         """Return the judgments of the given images only (for quick runs), renumbering pairs."""
-        wanted = set(images)
-        unknown = wanted - set(self.pairs["image"])
+        selected = set(images)
+        unknown = selected - set(self.pairs["image"])
         if unknown:
             raise ValueError(f"{len(unknown)} image(s) have no judged pair in {self.name}, first {sorted(unknown)[0]}")
-        keep = self.pairs["image"].isin(wanted).to_numpy()
+        keep = self.pairs["image"].isin(selected).to_numpy()
         new_row = np.cumsum(keep) - 1
         kept_judgments = keep[self.judgment_pair_index]
         return HumanJudgments(
             name=self.name,
             pairs=self.pairs[keep],
-            references={image: list(self.references[image]) for image in self.references if image in wanted},
+            references={image: list(self.references[image]) for image in self.references if image in selected},
             judgment_pair_index=new_row[self.judgment_pair_index[kept_judgments]],
             ratings=self.ratings[kept_judgments],
             tau_variant=self.tau_variant,
             n_raw_pairs=int(keep.sum()),
-            notes={"subset_of_images": f"{len(wanted)} of {self.n_images}"},
+            notes={"subset_of_images": f"{len(selected)} of {self.n_images}"},
         )
 
     def judgment_frame(self) -> pd.DataFrame:
@@ -426,9 +426,9 @@ def prepare_crowdflower(crowdflower: pd.DataFrame, captions: Flickr8kCaptions,
     """Prepare Flickr8k-CF as Hessel et al. (2021) did.
 
     Keeps every pair with its yes-fraction as the single judgment. The
-    references of an image start as its captions; for each of its pairs, in
-    file order, a caption equal to the candidate is removed once
-    (``list.remove``). With the official files: 47,830 pairs and judgments,
+    references of an image start as its captions. Then, for each of its pairs
+    in file order, one caption equal to the candidate is removed
+    (``list.remove``), so a caption written twice loses one copy per pair. With the official files: 47,830 pairs and judgments,
     1,000 images.
     """
     n_raw = len(crowdflower)
@@ -649,7 +649,7 @@ def align_pair_scores(judgments: HumanJudgments, scores: pd.DataFrame) -> np.nda
     for example the 158 Flickr8k-Expert pairs whose candidate is one of the
     image's own captions) are ignored with a logged warning, so a file scoring
     all raw pairs works. Raises ``ValueError`` naming up to five pairs when the
-    score table misses judged pairs or holds pairs the benchmark does not have.
+    score table misses judged pairs or contains pairs the benchmark does not have.
     """
     keys = pd.MultiIndex.from_frame(judgments.pairs[["image", "caption_id"]])
     given = pd.MultiIndex.from_frame(scores[["image", "caption_id"]])

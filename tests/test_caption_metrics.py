@@ -100,7 +100,8 @@ def test_encoded_captions_unit_float32_and_prefix_matters(tiny_model):
     model, _, tokenizer = tiny_model
     with_prefix = encode_captions(model, tokenizer, ["a dog on a beach", "two cats"], progress=False, batch_size=1)
     without = encode_captions(model, tokenizer, ["a dog on a beach", "two cats"], prefix=None, progress=False)
-    assert with_prefix.dtype == np.float32 and with_prefix.shape == (2, 64)
+    assert with_prefix.dtype == np.float32
+    assert with_prefix.shape == (2, 64)
     np.testing.assert_allclose(np.linalg.norm(with_prefix, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(with_prefix, without)
     explicit = encode_captions(model, tokenizer, ["A photo depicts a dog on a beach"], prefix=None, progress=False)
@@ -196,7 +197,7 @@ def test_ref_clip_score_hand_computed():
     assert score[0] == pytest.approx(expected)
 
 
-def test_reference_similarity_clipped_at_zero_and_harmonic_mean_zero():
+def test_reference_side_clipped_at_zero():
     captions = np.array([[1.0, 0.0]])
     references = np.array([[-1.0, 0.0], [-0.6, -0.8]])
     assert reference_similarity(captions, references, [0, 0])[0] == 0.0
@@ -232,7 +233,7 @@ def test_i0t_score_is_cosine_after_mean_removal(random_setup):
     centred_captions = unit(captions - captions.mean(axis=0))
     expected = np.einsum("ij,ij->i", centred_images[caption_index], centred_captions)
     np.testing.assert_allclose(i0t_score(images, captions, caption_index), expected, atol=1e-6)
-    assert expected.min() < 0  # the paper's I0T-S is not clipped
+    assert expected.min() < 0  # An et al. (2025) define I0T-S without clipping
 
 
 def test_i0t_score_equals_i0tpost_transform(random_setup):
@@ -347,6 +348,8 @@ def test_modality_paradox_hand_example():
     nearest = np.array([max(image_image[i, j] for j in range(3) if j != i) for i in range(3)])
     assert result.image_closer_fraction == pytest.approx(np.mean(nearest > matched))
     assert result.image_closer_fraction == pytest.approx(2 / 3)
+    shares = [np.mean([image_image[i, j] > matched[i] for j in range(3) if j != i]) for i in range(3)]
+    assert result.closer_image_share == pytest.approx(np.mean(shares))
     assert result.mean_matched_cosine == pytest.approx(matched.mean())
     assert result.mean_image_image_cosine == pytest.approx(image_image[~np.eye(3, dtype=bool)].mean())
 
@@ -358,3 +361,21 @@ def test_negative_indices():
     captions = ["a dog runs on grass", "a red car parked", "a dog runs on sand", "a parked red bus"]
     np.testing.assert_array_equal(hard_negative_indices(captions), [2, 3, 0, 1])
 
+
+
+# Notebook exercises ---------------------------------------------------------------------------
+
+
+def test_exercise_checkers_accept_computed_answers(starter_pack, capsys):
+    from i0t_helpers.exercises import nb05
+
+    mean_torchmetrics = clip_score(starter_pack.image_embeds, starter_pack.text_embeds, w=100).mean()
+    assert nb05.check_torchmetrics_scale(round(mean_torchmetrics, 2), starter_pack)
+    assert not nb05.check_torchmetrics_scale(round(mean_torchmetrics / 40, 2), starter_pack)
+    scores = score_matrix(starter_pack.image_embeds, starter_pack.text_embeds, "i0t")
+    share = np.mean(scores[np.arange(500), (np.arange(500) + 1) % 500] < 0)
+    assert nb05.check_negative_share_after_i0t(round(share, 3), starter_pack)
+    assert not nb05.check_hard_negative_accuracy(0.5, starter_pack)
+    assert nb05.check_conventional_variant("tau-b")
+    assert not nb05.check_conventional_variant("c")
+    assert "Hint" in capsys.readouterr().out

@@ -81,7 +81,8 @@ def test_expert_counts(expert):
     assert expert.n_pairs == EXPERT_PAIRS == 5664
     assert expert.n_judgments == EXPERT_JUDGMENTS == 16992
     assert expert.n_images == N_TEST_IMAGES == 1000
-    assert expert.n_dropped_pairs == 158 and len(expert.dropped_pairs) == 158
+    assert expert.n_dropped_pairs == 158
+    assert len(expert.dropped_pairs) == 158
     assert expert.n_malformed_lines == 0
     assert expert.tau_variant == "c"
 
@@ -90,7 +91,8 @@ def test_cf_counts(crowdflower):
     assert crowdflower.n_pairs == CF_PAIRS == 47830
     assert crowdflower.n_judgments == 47830
     assert crowdflower.n_images == 1000
-    assert crowdflower.n_dropped_pairs == 0 and crowdflower.n_malformed_lines == 0
+    assert crowdflower.n_dropped_pairs == 0
+    assert crowdflower.n_malformed_lines == 0
     assert crowdflower.tau_variant == "b"
 
 
@@ -106,7 +108,8 @@ def test_expert_drops_only_candidates_that_are_references(expert, flickr8k_dir):
     for image, candidate, references in zip(expert.pairs["image"], expert.pairs["candidate"],
                                             expert.pair_references()):
         assert candidate not in references
-        assert references == captions.by_image[image] and len(references) == 5
+        assert references == captions.by_image[image]
+        assert len(references) == 5
     for image, caption_id in expert.dropped_pairs.itertuples(index=False):
         assert captions.by_id[caption_id] in captions.by_image[image]
 
@@ -135,7 +138,8 @@ def test_cf_references_lose_the_candidate(crowdflower, flickr8k_dir):
     assert removed_total == crowdflower.notes["references_removed_because_candidate_is_a_reference"] == 723
     own = crowdflower.pairs[crowdflower.pairs["caption_id"].str.split("#").str[0] == crowdflower.pairs["image"]]
     assert len(own) == 721
-    assert crowdflower.ratings.min() == 0.0 and crowdflower.ratings.max() == 1.0
+    assert crowdflower.ratings.min() == 0.0
+    assert crowdflower.ratings.max() == 1.0
 
 
 # Malformed lines ------------------------------------------------------------------------------
@@ -157,18 +161,21 @@ def test_cf_malformed_lines_skipped_and_counted(tmp_path, flickr8k_dir, caplog):
         frame = read_crowdflower_annotations(path)
     assert len(frame) == 20
     assert frame.attrs["n_malformed_lines"] == 5
-    assert "skipped 5 malformed line(s)" in caplog.text and "line 11" in caplog.text
+    assert "skipped 5 malformed line(s)" in caplog.text
+    assert "line 11" in caplog.text
 
     captions = read_captions(flickr8k_dir / "flickr8k" / "Flickr8k.token.txt")
     judgments = prepare_crowdflower(frame, captions, check_counts=False)
-    assert judgments.n_pairs == 20 and judgments.n_malformed_lines == 5
+    assert judgments.n_pairs == 20
+    assert judgments.n_malformed_lines == 5
 
 
 def test_expert_and_token_malformed_lines(tmp_path, caplog):
     expert_path = tmp_path / "ExpertAnnotations.txt"
     expert_path.write_text("a.jpg\tb.jpg#0\t1\t2\t3\na.jpg\tb.jpg#1\t1\t5\t3\na.jpg\tb.jpg#2\t1\t2\n")
     frame = read_expert_annotations(expert_path)
-    assert len(frame) == 1 and frame.attrs["n_malformed_lines"] == 2
+    assert len(frame) == 1
+    assert frame.attrs["n_malformed_lines"] == 2
     token_path = tmp_path / "Flickr8k.token.txt"
     token_path.write_text("a.jpg#0\ta dog\nno tab here\nb.jpg\ta cat\na.jpg#1\t \na.jpg#0\trepeat\n")
     captions = read_captions(token_path)
@@ -204,7 +211,9 @@ def test_expert_json_round_trip(expert, tmp_path):
     assert {"caption", "rating", "image_id", "image_path"} <= set(entry["human_judgement"][0])
 
     restored = read_clipscore_json(path, "flickr8k-expert")
-    assert restored.n_pairs == 5664 and restored.n_judgments == 16992 and restored.tau_variant == "c"
+    assert restored.n_pairs == 5664
+    assert restored.n_judgments == 16992
+    assert restored.tau_variant == "c"
     pd.testing.assert_frame_equal(restored.pairs.sort_values(["image", "caption_id"]).reset_index(drop=True),
                                   expert.pairs.sort_values(["image", "caption_id"]).reset_index(drop=True))
     assert restored.references == expert.references
@@ -225,7 +234,8 @@ def test_json_without_caption_ids_groups_consecutive_ratings():
                                          {"caption": "a dog runs", "rating": 4.0},
                                          {"caption": "a dog runs", "rating": float("nan")}]}}
     judgments = from_clipscore_json(data, "flickr8k-expert")
-    assert judgments.n_pairs == 2 and judgments.n_judgments == 3
+    assert judgments.n_pairs == 2
+    assert judgments.n_judgments == 3
     assert judgments.judgment_pair_index.tolist() == [0, 0, 1]
     assert judgments.pairs["image"].tolist() == ["img1.jpg", "img1.jpg"]
     with pytest.raises(ValueError, match="lacks image_path"):
@@ -263,8 +273,11 @@ def test_correlate_table_names_variants(expert, flickr8k_dir, tmp_path, capsys):
     assert run_cli("correlate", "--dataset", "flickr8k-expert", "--scores", str(path),
                    "--data-dir", str(flickr8k_dir)) == 0
     out = capsys.readouterr().out
-    assert "Kendall tau-b" in out and "Kendall tau-c (convention)" in out and "Pearson r" in out
-    assert "pairs: 5664" in out and "judgments: 16992" in out
+    assert "Kendall tau-b" in out
+    assert "Kendall tau-c (convention)" in out
+    assert "Pearson r" in out
+    assert "pairs: 5664" in out
+    assert "judgments: 16992" in out
 
 
 def test_correlate_ignores_pairs_the_preparation_dropped(expert, flickr8k_dir, tmp_path, capsys, caplog):
@@ -323,7 +336,8 @@ def test_correlate_errors(case, message, expert, flickr8k_dir, tmp_path, capsys)
                      "--data-dir", str(flickr8k_dir))
     err = capsys.readouterr().err
     assert status == 2
-    assert err.startswith("error: ") and message in err
+    assert err.startswith("error: ")
+    assert message in err
     if case == "missing":
         assert "1056338697_4f7d7ce270.jpg / 2549968784_39bfbe44f9.jpg#2" in err
     if case == "unknown":
@@ -380,7 +394,9 @@ def test_live_requirements_are_checked_offline(tmp_path, monkeypatch):
     checkpoint.write_bytes(b"0")
     assert find_cached_checkpoint("ViT-B-32", str(checkpoint)) == checkpoint
     missing = missing_live_requirements(["a.jpg"], data_dir=tmp_path, pretrained=str(checkpoint))
-    assert len(missing) == 1 and "1 of 1" in missing[0] and str(tmp_path) not in missing[0]
+    assert len(missing) == 1
+    assert "1 of 1" in missing[0]
+    assert str(tmp_path) not in missing[0]
 
 
 def test_score_pairs_with_tiny_model(expert, tmp_path):
@@ -407,3 +423,12 @@ def test_score_pairs_with_tiny_model(expert, tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
         score_pairs_with_model(subset, model, preprocess, tokenizer, tmp_path / "empty", progress=False)
 
+
+
+def test_length_exercise_checker(expert):
+    from i0t_helpers.exercises import nb05
+
+    lengths = expert.pairs["candidate"].str.split().str.len().to_numpy(dtype=float)
+    tau_c = kendalltau(lengths[expert.judgment_pair_index], expert.ratings, variant="c").statistic
+    assert nb05.check_length_baseline_tau(round(tau_c, 3), expert)
+    assert not nb05.check_length_baseline_tau(round(-tau_c, 3), expert)
