@@ -538,14 +538,16 @@ def from_clipscore_json(data: dict, name: str, tau_variant: str | None = None) -
     """Build :class:`HumanJudgments` from the CLIPScore / PAC-S JSON layout.
 
     Judgments carrying a ``caption_id`` (written by :func:`to_clipscore_json`)
-    are grouped by it. Without one, consecutive judgments of the same image
-    with the same caption text form one pair, and the caption id becomes
+    are grouped by image and caption id, in any order. Without one,
+    consecutive judgments of the same image with the same caption text form
+    one pair, and the caption id becomes
     ``<image>@<position>``. Judgments with a NaN rating are skipped and
     counted, as the CLIPScore script does.
     """
     if not isinstance(data, dict) or not data:
         raise ValueError("the CLIPScore JSON must be a non-empty object mapping image keys to entries")
     records, ratings, pair_of_judgment, references = [], [], [], {}
+    pair_row: dict[tuple[str, str], int] = {}
     n_nan = 0
     for key, entry in data.items():
         try:
@@ -559,19 +561,28 @@ def from_clipscore_json(data: dict, name: str, tau_variant: str | None = None) -
         references[image] = ground_truth
         previous_caption = None
         for position, judgment in enumerate(human):
-            rating = float(judgment["rating"])
+            try:
+                rating = float(judgment["rating"])
+                caption = str(judgment["caption"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"judgment {position} of entry {key!r} lacks a numeric rating or a caption") from None
             if not np.isfinite(rating):
                 n_nan += 1
                 continue
-            caption = str(judgment["caption"])
+
             caption_id = judgment.get("caption_id")
-            if caption_id is None:
-                if caption != previous_caption or not records or records[-1][0] != image:
+            if caption_id is not None:
+                key_of_pair = (image, str(caption_id))
+                if key_of_pair not in pair_row:
+                    pair_row[key_of_pair] = len(records)
+                    records.append((image, str(caption_id), caption))
+                pair = pair_row[key_of_pair]
+            else:
+                if caption != previous_caption or records[-1][0] != image:
                     records.append((image, f"{image}@{position}", caption))
                 previous_caption = caption
-            elif not records or records[-1][:2] != (image, caption_id):
-                records.append((image, str(caption_id), caption))
-            pair_of_judgment.append(len(records) - 1)
+                pair = len(records) - 1
+            pair_of_judgment.append(pair)
             ratings.append(rating)
     if n_nan:
         logger.warning("skipped %d judgment(s) with a NaN rating", n_nan)

@@ -222,6 +222,18 @@ def test_expert_json_round_trip(expert, tmp_path):
     np.testing.assert_array_equal(original, again)
 
 
+def test_json_with_caption_ids_in_any_order(expert):
+    data = to_clipscore_json(expert.subset_images(expert.images[:5]))
+    for entry in data.values():
+        entry["human_judgement"].reverse()
+    restored = from_clipscore_json(data, "flickr8k-expert")
+    assert restored.n_pairs == expert.subset_images(expert.images[:5]).n_pairs
+    assert np.bincount(restored.judgment_pair_index).tolist() == [3] * restored.n_pairs
+    with pytest.raises(ValueError, match="lacks a numeric rating"):
+        from_clipscore_json({"k": {"image_path": "a.jpg", "ground_truth": [], "human_judgement": [{"rating": 1}]}},
+                            "flickr8k-expert")
+
+
 def test_cf_json_keys_keep_extension(crowdflower):
     data = to_clipscore_json(crowdflower)
     assert all(key.endswith(".jpg") for key in data)
