@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import pickle
 import sys
 
 from .commands import COMMAND_MODULES
@@ -39,7 +40,31 @@ def main(argv=None) -> int:
         return int(arguments.func(arguments) or 0)
     except argparse.ArgumentTypeError as error:
         parser.exit(2, f"error: {error}\n")
+    except pickle.UnpicklingError as error:
+        # torch.load(weights_only=True) rejects checkpoints that would run code; its own message
+        # suggests weights_only=False, which is exactly what must not be done with an untrusted file.
+        print(f"error: a checkpoint or statistics file was rejected: {_unpickling_reason(error)}; use a file "
+              f"that holds tensors only", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, OSError, KeyError, DownloadError) as error:
         message = str(error) if not isinstance(error, KeyError) else f"missing key {error}"
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_one_line(message)}", file=sys.stderr)
         return 2
+
+
+def _unpickling_reason(error: Exception) -> str:
+    """Return the part of a ``torch.load`` refusal that names what the file would have run, in one line."""
+    marker = "WeightsUnpickler error:"
+    message = str(error)
+    if marker not in message:
+        return "it is damaged or not a PyTorch checkpoint"
+    remainder = message.split(marker, 1)[1].strip()
+    detail = remainder.splitlines()[0].split(". ")[0].strip() if remainder else ""
+    if detail.startswith("Unsupported global"):
+        return f"loading it would run code ({detail})"
+    return f"it is damaged or not a PyTorch checkpoint ({detail or 'unreadable'})"
+
+
+def _one_line(message: str) -> str:
+    """Join the lines of a message, so that every error is one line on standard error."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
