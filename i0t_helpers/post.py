@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validation import check_embeddings, check_float_matrix, check_positive_int, l2_normalize
+from ._chunked import NormDeviation, column_statistics, open_embeddings, squared_row_norms, unit_rows
+from ._validation import check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -35,21 +36,6 @@ STATISTICS_FORMAT_VERSION = 1
 
 class NotFittedError(ValueError, AttributeError):
     """Raised when a transformer is used before it has seen any embeddings."""
-
-
-def _normalized_column_sum(embeds, name: str, chunk_rows: int) -> tuple[np.ndarray, int]:
-    """Return the float64 column sum of the L2-normalised rows and the row count, chunk by chunk."""
-    if getattr(embeds, "ndim", 2) != 2:
-        check_float_matrix(embeds, name)  # raises the standard shape error
-    total = None
-    n_rows = len(embeds)
-    if n_rows == 0:
-        check_float_matrix(np.asarray(embeds), name)
-    for start in range(0, n_rows, chunk_rows):
-        chunk = check_embeddings(embeds[start:start + chunk_rows], name)
-        chunk_sum = chunk.sum(axis=0, dtype=np.float64)
-        total = chunk_sum if total is None else total + chunk_sum
-    return total, n_rows
 
 
 class _ModalityMeans:
@@ -85,8 +71,10 @@ class _ModalityMeans:
         for embeds, modality in ((image_embeds, "image"), (text_embeds, "text")):
             if embeds is None:
                 continue
-            column_sum, n_rows = _normalized_column_sum(embeds, f"{modality}_embeds", chunk_rows)
-            self._check_dimension(len(column_sum), f"{modality}_embeds")
+            name = f"{modality}_embeds"
+            array, dtype = open_embeddings(embeds, name)
+            self._check_dimension(array.shape[1], name)
+            column_sum, n_rows = column_statistics(array, name, dtype, chunk_rows).column_sum, len(array)
             self.n_features_in_ = len(column_sum)
             previous_sum = getattr(self, f"_{modality}_sum", np.zeros_like(column_sum))
             previous_count = getattr(self, f"n_{modality}s_seen_", 0)
@@ -119,18 +107,29 @@ class _ModalityMeans:
         self._check_is_fitted(modality)
         name = f"{modality}_embeds"
         chunk_rows = check_positive_int(self.chunk_rows, "chunk_rows")
-        if getattr(embeds, "ndim", None) != 2:
-            embeds = check_float_matrix(embeds, name)
-        self._check_dimension(embeds.shape[1], name)
-        shift = self._shift(modality)
+        array, dtype = open_embeddings(embeds, name)
+        self._check_dimension(array.shape[1], name)
+        shift = self._shift(modality).astype(dtype)
         if out is None:
-            out = np.empty(embeds.shape, dtype=np.float32 if embeds.dtype != np.float64 else np.float64)
-        elif out.shape != embeds.shape:
-            raise ValueError(f"out must have the shape of {name} {embeds.shape}; got {out.shape}")
-        for start in range(0, len(embeds), chunk_rows):
-            chunk = check_embeddings(embeds[start:start + chunk_rows], name)
-            centred = chunk - shift.astype(chunk.dtype)
-            out[start:start + chunk_rows] = l2_normalize(centred, f"centred {name}", warn=False)
+            out = np.empty(array.shape, dtype=dtype)
+        elif getattr(out, "shape", None) != array.shape:
+            raise ValueError(f"out must have the shape of {name} {array.shape}; got {getattr(out, 'shape', out)}")
+
+        # Each block is normalised, centred and normalised again while it is still in
+        # cache, writing straight into ``out`` when ``out`` has the working dtype (this
+        # is also what makes ``out=embeds`` work in place).
+        deviation = NormDeviation(name)
+        write_directly = out.dtype == dtype
+        for start in range(0, len(array), chunk_rows):
+            stop = min(start + chunk_rows, len(array))
+            target = out[start:stop]
+            block = unit_rows(array[start:stop], name, dtype, start, deviation, out=target if write_directly else None)
+            block -= shift
+            norms = np.sqrt(squared_row_norms(block, f"centred {name}", start))
+            np.divide(block, norms[:, None], out=block)
+            if not write_directly:
+                target[...] = block
+        deviation.log()
         return out
 
     def transform_images(self, image_embeds, out=None) -> np.ndarray:
