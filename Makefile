@@ -26,7 +26,7 @@ data: setup
 	$(BIN)/python data_download.py get starter $(MIRROR_FLAG)
 
 notebooks: data
-	for notebook in notebooks/[0-9]*.ipynb; do \
+	export I0T_DATA_MIRROR=$(MIRROR); for notebook in notebooks/[0-9]*.ipynb; do \
 		echo "running $$notebook"; \
 		$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=1200 "$$notebook" || exit 1; \
@@ -36,7 +36,7 @@ course: notebooks
 	$(BIN)/python -m i0t_helpers gap --pack starter --post
 
 test: data
-	$(BIN)/python -m pytest -p no:cacheprovider tests --nbval notebooks --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+	I0T_DATA_MIRROR=$(MIRROR) $(BIN)/python -m pytest -p no:cacheprovider tests --nbval notebooks --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
 clean:
 	rm -rf $(VENV) data
