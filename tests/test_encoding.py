@@ -628,3 +628,33 @@ def test_archive_folder_with_the_wrong_prefix(tmp_path, monkeypatch):
 
     with pytest.raises(download.DownloadError, match=r"no member below 'val2017/'.*train2017"):
         download.fetch("test-images", data_dir=tmp_path / "data", mirror=str(mirror), progressbar=False)
+
+
+def test_encode_command_on_a_dataset(fake_coco, tmp_path, capsys):
+    out = tmp_path / "coco.npz"
+    status = cli_main(["encode", "--model", TINY_MODEL_NAME, "--dataset", "coco-val2017", "--data-dir",
+                       str(fake_coco), "--n-images", "2", "--caption-choice", "first", "--out", str(out),
+                       "--device", "cpu", "--no-cache", "--quiet"])
+    assert status == 0, capsys.readouterr().err
+    pack = EmbeddingPack.load(out)
+    assert pack.captions == ["a cat", "coffee"]
+    assert pack.image_ids.tolist() == [3, 7]
+
+
+def test_gpu_check_script_smoke_run_on_cpu(tmp_path):
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check_encode.py"
+    spec = importlib.util.spec_from_file_location("gpu_check_encode", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    status = module.main(["--device", "cpu", "--model", TINY_MODEL_NAME, "--batch-size", "4", "--steps", "2",
+                          "--image-size", "64x48", "--json-out", str(tmp_path / "result.json")])
+
+    result = json.loads((tmp_path / "result.json").read_text(encoding="utf-8"))
+    assert status == 0
+    assert result["passed"] is True
+    assert result["images"] == 8
+    assert set(result["measurements"]["fp32"]) == {"raw_forward_images_per_s", "pipeline_images_per_s",
+                                                    "pipeline_over_raw"}
