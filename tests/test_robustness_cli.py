@@ -37,6 +37,9 @@ def argument_names(parser) -> set[str]:
 
 
 SUBCOMMANDS = subcommand_parsers()
+#: Subcommands whose input is a required ``--pack``.
+PACK_COMMANDS = sorted(name for name, parser in SUBCOMMANDS.items()
+                       if any(action.dest == "pack" and action.required for action in parser._actions))
 #: Subcommands taking ``IMAGES.npy TEXTS.npy`` or ``--pack``.
 EMBEDDING_COMMANDS = sorted(name for name, parser in SUBCOMMANDS.items()
                             if {"images", "texts", "pack"} <= argument_names(parser)
@@ -298,15 +301,186 @@ def test_correlate_negative_bootstrap(tmp_path, capsys):
     assert_one_error_line(status, err, "--bootstrap")
 
 
+# Commands reading a required --pack ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_pack(tmp_path_factory) -> Path:
+    from i0t_helpers import EmbeddingPack
+
+    path = tmp_path_factory.mktemp("cli_pack") / "pack.npz"
+    return EmbeddingPack(unit_rows(20, DIM, 6), unit_rows(20, DIM, 7), metadata={"model": "test"}).save(path)
+
+
+def test_pack_commands_found():
+    assert {"evaluate", "train-async"} <= set(PACK_COMMANDS)
+
+
+@pytest.mark.parametrize("kind", PACK_KINDS)
+@pytest.mark.parametrize("command", PACK_COMMANDS)
+def test_pack_command_bad_pack(command, kind, files, capsys):
+    bad_pack, fragment = files["bad pack"][kind]
+
+    status, _, err = run_cli(capsys, command, "--pack", bad_pack)
+
+    assert_one_error_line(status, err, fragment)
+    assert not files["marker"].exists(), "a pickle in a data file was executed"
+
+
+@pytest.mark.parametrize("ks", ["0", "a,b", "1,,5", "-1", ""])
+def test_evaluate_bad_ks(ks, small_pack, capsys):
+    status, _, err = run_cli(capsys, "evaluate", "--pack", small_pack, "--ks", ks)
+
+    assert_one_error_line(status, err, "--ks must be comma-separated positive integers")
+
+
+TRAIN_ASYNC_CASES = {
+    "zero epochs": (("--epochs", "0"), "epochs must be at least 1"),
+    "batch of zero": (("--batch-size", "0"), "batch_size must be at least"),
+    "batch larger than the data": (("--batch-size", "64"), "no training batch"),
+    "NaN learning rate": (("--lr", "nan"), "lr must be a positive finite number"),
+    "negative learning rate": (("--lr", "-1"), "lr must be a positive finite number"),
+    "negative warm-up": (("--warmup-steps", "-1"), "warmup_steps must be at least 0"),
+    "overlapping rows": (("--train-rows", "0:10", "--eval-rows", "5:15"), "share 5 image row"),
+    "no held-out rows": (("--train-rows", "0:1000"), "no held-out rows"),
+    "malformed rows": (("--train-rows", "zero:ten"), "--train-rows must look like"),
+    "rows outside the pack": (("--eval-rows", "5,99"), "outside"),
+    "invalid device": (("--device", "bogus"), "device"),
+}
+TRAIN_ASYNC_GAPS = {"invalid device": "train-async passes --device to torch unchecked, which raises RuntimeError"}
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_ASYNC_CASES))
+def test_train_async_bad_options(case, small_pack, capsys, request):
+    if case in TRAIN_ASYNC_GAPS:
+        request.applymarker(pytest.mark.xfail(strict=True, raises=RuntimeError, reason=TRAIN_ASYNC_GAPS[case]))
+    arguments, fragment = TRAIN_ASYNC_CASES[case]
+
+    status, _, err = run_cli(capsys, "train-async", "--pack", small_pack, "--no-progress", *arguments)
+
+    assert_one_error_line(status, err, fragment)
+
+
+def test_heads_file_with_pickle_rejected(files, tmp_path):
+    """I0T_async heads are loaded with weights_only=True: a pickle payload is refused, not run."""
+    from i0t_helpers.async_heads import I0TAsyncHeads
+
+    path = tmp_path / "heads.pt"
+    torch = pytest.importorskip("torch")
+    torch.save({"state_dict": _Unpickled(files["marker"])}, path)
+
+    with pytest.raises(ValueError, match="weights_only=True"):
+        I0TAsyncHeads.load(path)
+    assert not files["marker"].exists()
+
+
+def test_heads_file_of_other_model_rejected(tmp_path):
+    from i0t_helpers.async_heads import I0TAsyncHeads
+
+    path = I0TAsyncHeads.from_statistics(np.eye(4), np.eye(4), model_name="model-a").save(tmp_path / "heads.pt")
+
+    with pytest.raises(ValueError, match="'model-a', not 'model-b'"):
+        I0TAsyncHeads.load(path, model_name="model-b")
+    with pytest.raises(ValueError, match="dimension 4, but dimension 8"):
+        I0TAsyncHeads.load(path, embed_dim=8)
+
+
+# encode --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def encode_inputs(tmp_path_factory, files):
+    """A folder of three small images (one broken), caption files good and bad, and checkpoints from strangers."""
+    from PIL import Image
+
+    torch = pytest.importorskip("torch")
+    folder = tmp_path_factory.mktemp("encode_inputs")
+    images = folder / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for number in range(3):
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(images / f"im{number}.png")
+    (images / "broken.png").write_bytes(b"not a png")
+
+    def write(name: str, text: str) -> Path:
+        path = folder / name
+        path.write_text(text)
+        return path
+
+    torch.save({"state_dict": _Unpickled(files["marker"])}, folder / "pickle_payload.pt")
+    (folder / "garbage.pt").write_bytes(bytes(range(256)) * 8)
+    return {
+        "images": images,
+        "captions": write("captions.tsv", "im0.png\ta red square\nim1.png\ta blue square\nim2.png\tnoise\n"),
+        "broken image captions": write("broken.tsv", "im0.png\ta red square\nbroken.png\tnothing\n"),
+        "missing image captions": write("missing.tsv", "im0.png\ta red square\nabsent.png\tnothing\n"),
+        "CSV without caption column": write("captions.csv", "file,text\nim0.png,a red square\n"),
+        "invalid JSON": write("captions.json", "{not json"),
+        "empty captions": write("empty.tsv", ""),
+        "pickle payload": folder / "pickle_payload.pt",
+        "garbage checkpoint": folder / "garbage.pt",
+        "out": folder / "out.npz",
+    }
+
+
+ENCODE_CASES = {
+    "no inputs": (lambda paths: [], "give --images DIR_OR_LIST and --captions FILE, or --dataset"),
+    "dataset and images": (lambda paths: ["--dataset", "flickr8k-test", "--images", paths["images"],
+                                          "--captions", paths["captions"]], "not both"),
+    "out not npz": (lambda paths: ["--images", paths["images"], "--captions", paths["captions"], "--out",
+                                   paths["out"].with_suffix(".npy")], "--out must end in .npz"),
+    "missing image folder": (lambda paths: ["--images", paths["images"] / "absent", "--captions",
+                                            paths["captions"]], "not found"),
+    "missing captions file": (lambda paths: ["--images", paths["images"], "--captions",
+                                             paths["captions"].with_name("absent.tsv")], "not found"),
+    "CSV without caption column": (lambda paths: ["--images", paths["images"], "--captions",
+                                                  paths["CSV without caption column"]], "caption"),
+    "invalid JSON": (lambda paths: ["--images", paths["images"], "--captions", paths["invalid JSON"]],
+                     "not valid JSON"),
+    "empty captions": (lambda paths: ["--images", paths["images"], "--captions", paths["empty captions"]],
+                       "no captions"),
+    "caption of a missing image": (lambda paths: ["--images", paths["images"], "--captions",
+                                                  paths["missing image captions"]], "absent.png"),
+    "broken image": (lambda paths: ["--images", paths["images"], "--captions", paths["broken image captions"]],
+                     "broken.png"),
+    "checkpoint with pickle payload": (lambda paths: ["--images", paths["images"], "--captions",
+                                                      paths["captions"], "--pretrained", paths["pickle payload"]],
+                                       "would run code"),
+    "garbage checkpoint": (lambda paths: ["--images", paths["images"], "--captions", paths["captions"],
+                                          "--pretrained", paths["garbage checkpoint"]], "checkpoint"),
+    "unknown model": (lambda paths: ["--model", "no-such-model", "--images", paths["images"], "--captions",
+                                     paths["captions"]], "no-such-model"),
+}
+ENCODE_GAPS = {"unknown model": "load_model lets open_clip's RuntimeError for an unknown model name through"}
+
+
+@pytest.mark.parametrize("case", sorted(ENCODE_CASES))
+def test_encode_bad_input(case, encode_inputs, files, capsys, request):
+    if case in ENCODE_GAPS:
+        request.applymarker(pytest.mark.xfail(strict=True, raises=RuntimeError, reason=ENCODE_GAPS[case]))
+    build_arguments, fragment = ENCODE_CASES[case]
+    arguments = build_arguments(encode_inputs)
+    if "--model" not in arguments:
+        arguments = ["--model", "i0t-tiny-vit", "--pretrained", "none"] + arguments
+    if "--out" not in arguments:
+        arguments += ["--out", encode_inputs["out"]]
+
+    status, _, err = run_cli(capsys, "encode", "--no-cache", "--quiet", *arguments)
+
+    assert_one_error_line(status, err, fragment)
+    assert not encode_inputs["out"].exists(), "no pack may be written after an error"
+    assert not files["marker"].exists(), "a pickle in a checkpoint was executed"
+
+
 # Coverage and a real process -----------------------------------------------------------------
 
 
-#: Subcommands with hand-written cases in this file, besides those found in EMBEDDING_COMMANDS.
-COVERED_SEPARATELY = {"correlate"}
+#: Subcommands with hand-written cases in this file, besides those found in EMBEDDING_COMMANDS and PACK_COMMANDS.
+COVERED_SEPARATELY = {"correlate", "encode"}
 
 
 def test_every_subcommand_covered():
-    uncovered = set(SUBCOMMANDS) - set(EMBEDDING_COMMANDS) - COVERED_SEPARATELY
+    uncovered = set(SUBCOMMANDS) - set(EMBEDDING_COMMANDS) - set(PACK_COMMANDS) - COVERED_SEPARATELY
     assert not uncovered, f"add bad-input cases for the subcommands {sorted(uncovered)}"
 
 

@@ -63,6 +63,8 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 PROFILE = settings.get_profile("i0t-robustness")
+# Complex scores are a known gap (see SCORE_GAPS): numpy warns while casting them, which is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:Casting complex values to real discards the imaginary part")
 #: Fewer examples for functions that fit a classifier (about 20 ms per call).
 SLOW_PROFILE = settings(PROFILE, max_examples=8)
 
