@@ -38,6 +38,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
+from .caption_metrics import CAPTION_PREFIX
 from .correlation import HumanCorrelation, human_correlation
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,6 @@ EXPERT_PAIRS = 5664
 EXPERT_JUDGMENTS = 16992
 CF_PAIRS = 47830
 N_TEST_IMAGES = 1000
-N_CAPTIONS_PER_IMAGE = 5
 #: Largest |yes_fraction - n_yes / (n_yes + n_no)| accepted in CrowdFlowerAnnotations.txt.
 YES_FRACTION_TOLERANCE = 1e-5
 #: Malformed line numbers quoted in a warning.
@@ -782,24 +782,23 @@ def missing_live_requirements(images, data_dir=None, model_name: str = "ViT-B-32
 
 
 def score_pairs_with_model(judgments: HumanJudgments, model, preprocess, tokenizer, images_dir,
-                           device: str = "cpu", prefix: str | None = None, batch_size: int = 64,
+                           device: str = "cpu", prefix: str | None = CAPTION_PREFIX, batch_size: int = 64,
                            post=None, progress: bool = True) -> pd.DataFrame:
     """Score every judged pair with CLIP-S, RefCLIP-S and I0T-S using an open_clip model.
 
-    Each distinct image, candidate text and reference text is encoded once.
-    Candidates and references are encoded with ``prefix`` (default
-    "A photo depicts", as Hessel et al., 2021). I0T-S uses the means of
-    ``post`` or, when None, of this benchmark's images and candidate
-    captions (each distinct image and each pair's candidate once).
+    Each distinct image and candidate text is encoded once. Candidates and
+    references are encoded with ``prefix`` ("A photo depicts" by default, as
+    Hessel et al., 2021; None encodes the bare captions). I0T-S uses the means
+    of ``post`` or, when it is None, the image mean over the distinct images
+    and the text mean over the candidates of all pairs.
 
     Returns
     -------
     pandas.DataFrame
         ``pairs`` with the columns ``clip_s``, ``ref_clip_s``, ``i0t_s`` added.
     """
-    from .caption_metrics import CAPTION_PREFIX, clip_score, encode_captions, encode_images, i0t_score, ref_clip_score
+    from .caption_metrics import clip_score, encode_captions, encode_images, i0t_score, ref_clip_score
 
-    prefix = CAPTION_PREFIX if prefix is None else prefix
     images_dir = Path(images_dir)
     images = judgments.images
     absent = missing_images(images, images_dir)
