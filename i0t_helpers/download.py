@@ -110,7 +110,7 @@ class Dataset:
 class ArchiveFolder:
     """Every member of an archive below ``prefix``, extracted into the folder ``target``.
 
-    An image archive holds thousands of members, too many to list each with its
+    An image archive contains thousands of members, too many to list each with its
     own hash, so the archive's published hash vouches for all of them: members
     are extracted only from an archive whose hash matches, through a staging
     folder that replaces ``target`` once every member is written, with a
@@ -219,8 +219,8 @@ register_dataset(Dataset(
 
 # NOTE: the member folder "Flicker8k_Dataset/" (the archive's own spelling) and the 8,091 images are
 # taken from public scripts that unpack this archive; the archive's size is unknown (0), so only its MD5
-# is checked. Flickr30k is not registered: its images come only from a request form, with no public URL
-# and checksum.
+# is checked. Flickr30k is not registered: its official images are distributed through a request form,
+# and no public copy with a published checksum was found.
 register_dataset(Dataset(
     name="flickr8k-images",
     description="the 8,091 Flickr8k images (about 1 GB zip), for live encoding of the Flickr8k test split",
@@ -659,8 +659,8 @@ FOLDER_MANIFEST = ".i0t-extracted.json"
 def archive_folder_status(folder: ArchiveFolder, data_dir: Path) -> str:
     """Return ``"ok"``, ``"missing"`` or ``"incomplete"`` for an extracted archive folder.
 
-    ``"ok"`` means the manifest is present and the folder holds as many files
-    as the manifest records; file contents are not re-hashed.
+    ``"ok"`` means the manifest is present and the folder contains as many
+    files as the manifest records. File contents are not hashed again.
     """
     destination = _target_path(Path(data_dir), folder.target)
     if not destination.is_dir():

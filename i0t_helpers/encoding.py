@@ -4,9 +4,9 @@
 through a ``torch.utils.data.DataLoader`` whose workers apply the model's own
 preprocessing; :func:`encode_texts` tokenizes captions in batches and counts the
 captions that the tokenizer truncates to the model's context length. Both return
-L2-normalised float32 arrays, show a tqdm progress bar and cache their result
-on disk under a key made of the model, its pretrained tag, the precision and a
-fingerprint of the inputs, so running a notebook again does not re-encode.
+L2-normalised float32 arrays and show a tqdm progress bar. Both cache their
+result on disk under a key made of the model, its pretrained tag, the precision
+and a fingerprint of the inputs, so running a notebook again does not re-encode.
 
 :func:`build_pack` turns the two into the :class:`~i0t_helpers.embeddings.EmbeddingPack`
 that every analysis of the course reads, and :func:`pack_from_folder` does the
@@ -235,8 +235,9 @@ def encode_images(loaded, images, batch_size: int = 64, num_workers: int | None 
     cache : bool
         Read and write the on-disk cache. The key combines the model name, the
         pretrained tag (or checkpoint file, or a hash of random weights), the
-        precision, the preprocessing and a fingerprint of the inputs (path, size
-        and modification time of each file; pixel bytes of in-memory images).
+        precision, the preprocessing and a fingerprint of the inputs. A file
+        enters the fingerprint by its path, size and modification time, and an
+        in-memory image by its pixel bytes.
     cache_dir : str or Path, optional
         Cache folder; default :func:`default_cache_dir`.
 
@@ -500,7 +501,7 @@ def image_paths_in(folder) -> list[Path]:
         key=lambda path: path.relative_to(folder).as_posix(),
     )
     if not paths:
-        raise ValueError(f"{folder} holds no image files (looked for {', '.join(IMAGE_SUFFIXES)})")
+        raise ValueError(f"{folder} contains no image files (looked for {', '.join(IMAGE_SUFFIXES)})")
     return paths
 
 
@@ -553,7 +554,7 @@ def read_captions_file(path) -> list[tuple[str, str]]:
     else:
         pairs = _read_tsv_captions(path)
     if not pairs:
-        raise ValueError(f"{path} holds no captions")
+        raise ValueError(f"{path} contains no captions")
     return pairs
 
 

@@ -207,8 +207,8 @@ def zero_shot_accuracy(image_embeds, labels, class_embeds, ks=(1, 5), post: bool
     """Return top-k zero-shot accuracy in percent, optionally after I0T_post.
 
     An image counts as correct at k when its label's prototype is among the k
-    prototypes of highest cosine; ties count against the image (a wrong class
-    with the same score as the right one ranks first).
+    prototypes of highest cosine. Ties count against the image: a wrong class
+    with the same score as the right one ranks before it.
 
     Parameters
     ----------

@@ -47,7 +47,7 @@ TINY_MODEL_CONFIG = {
 #: Seconds the connection probe waits for the weights' host before treating the machine as offline.
 NETWORK_PROBE_TIMEOUT_SECONDS = 3.0
 
-#: Where open_clip caches weights that it downloads from a plain URL (no Hugging Face hub entry).
+#: Cache folder of the weights that open_clip downloads from a plain URL (no Hugging Face hub entry).
 OPENAI_URL_CACHE = "~/.cache/clip"
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -331,9 +331,13 @@ def probe_host(host: str, timeout: float = NETWORK_PROBE_TIMEOUT_SECONDS) -> str
     ``timeout`` seconds.
     """
     proxy = _proxy_for_https()
-    target = urlparse(proxy if "://" in proxy else f"http://{proxy}").netloc if proxy else host
+    target, default_port = host, 443
+    if proxy:
+        if "://" not in proxy:
+            proxy = f"http://{proxy}"
+        target, default_port = urlparse(proxy).netloc, 8080
     name, _, port = target.rpartition("@")[2].partition(":")
-    port = int(port) if port else (443 if not proxy else 8080)
+    port = int(port) if port else default_port
 
     def connect():
         with socket.create_connection((name, port), timeout=timeout):

@@ -155,7 +155,7 @@ def test_openai_weights_get_quick_gelu(monkeypatch, tmp_path):
 # Offline failure ---------------------------------------------------------------------------
 
 
-def test_offline_failure_in_process_names_model_cache_and_fix(monkeypatch, tmp_path):
+def test_offline_failure_message_in_process(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     started = time.monotonic()
     with pytest.raises(WeightsUnavailableError) as raised:
@@ -214,7 +214,7 @@ def test_encode_command_fails_fast_with_hub_offline(tmp_path):
 
 
 def test_encode_command_fails_fast_when_hub_unreachable(tmp_path):
-    """Without HF_HUB_OFFLINE the connection probe notices that the hub does not answer."""
+    """Without HF_HUB_OFFLINE the connection probe notices that the hub does not respond."""
     port = _closed_loopback_port()
     environment = {key: value for key, value in os.environ.items()
                    if key not in {"HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"}}

@@ -15,11 +15,13 @@ def register(subparsers):
                     "gap, diagnose and evaluate read. Embeddings are cached on disk, so a second run with the same "
                     "model and inputs reads them back instead of encoding again.",
     )
+
     parser.add_argument("--model", required=True,
                         help="open_clip model name, e.g. ViT-B-32 (see open_clip.list_models())")
     parser.add_argument("--pretrained", default="none", metavar="TAG_OR_PATH",
                         help="pretrained tag (e.g. openai, laion2b_s34b_b79k), a local checkpoint file, or 'none' "
                              "for a random initialisation (default: none)")
+
     source = parser.add_argument_group("inputs (give --images and --captions, or --dataset)")
     source.add_argument("--images", metavar="DIR_OR_LIST",
                         help="folder of images (searched recursively) or a text file with one image path per line")
@@ -28,12 +30,14 @@ def register(subparsers):
                              "(COCO annotations, {image: caption(s)} or [{image, caption}])")
     source.add_argument("--dataset", choices=sorted(LIVE_DATASETS),
                         help="encode a public dataset instead (downloaded on first use)")
+
     parser.add_argument("--out", required=True, metavar="PACK.npz", help="where to write the embedding pack")
     parser.add_argument("--caption-choice", choices=("all", "first", "last"), default="all",
                         help="with --dataset: keep all captions of each image, or only the first or last (default all)")
     parser.add_argument("--n-images", type=int, default=None, help="with --dataset: keep only the first N images")
     parser.add_argument("--skip-missing", action="store_true",
                         help="drop captions whose image is not found instead of stopping")
+
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: auto)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "amp", "amp_bf16"),
                         help="auto: float16 autocast on CUDA, float32 on CPU (default: auto)")
@@ -41,6 +45,7 @@ def register(subparsers):
     parser.add_argument("--text-batch-size", type=int, default=256, help="captions per forward pass (default 256)")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="DataLoader worker processes (default: up to 8, one less than the CPU count)")
+
     parser.add_argument("--cache-dir", default=None, help="embedding cache folder (default: data/cache/embeddings)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
     parser.add_argument("--data-dir", default=None, help="data folder for --dataset (default: data/)")
