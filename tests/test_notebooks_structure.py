@@ -96,10 +96,19 @@ def machine_specific_output_problems(notebook: dict) -> list[str]:
         for text in output_texts(cell):
             problems += [f"code cell {number}: memory address {match.group()!r} in an output"
                          for match in MEMORY_ADDRESS.finditer(text)]
+        if _output_ignored_by_nbval(cell):
+            continue  # an interactive widget on purpose, whose output nbval does not compare
         for output in cell.get("outputs", []):
             if WIDGET_MIME_TYPE in output.get("data", {}):
-                problems.append(f"code cell {number}: a widget (a progress bar?) was saved; pass progress=False")
+                problems.append(f"code cell {number}: a widget (a progress bar?) was saved; pass progress=False, "
+                                f"or mark an interactive cell with # NBVAL_IGNORE_OUTPUT")
     return problems
+
+
+def _output_ignored_by_nbval(cell: dict) -> bool:
+    source = joined(cell["source"])
+    tags = cell.get("metadata", {}).get("tags", [])
+    return "# NBVAL_IGNORE_OUTPUT" in source or "nbval-ignore-output" in tags
 
 
 def colab_badge_problems(notebook: dict, file_name: str) -> list[str]:
@@ -197,6 +206,9 @@ def _clean_notebook() -> dict:
             nbformat.v4.new_output("stream", name="stdout", text="0.5 and 0x1f\n"),
         ]),
         nbformat.v4.new_code_cell("x = 1", execution_count=2),
+        nbformat.v4.new_code_cell("# NBVAL_IGNORE_OUTPUT\nexplorer()", execution_count=3, outputs=[
+            nbformat.v4.new_output("display_data", data={WIDGET_MIME_TYPE: {"model_id": "abc"}}),
+        ]),
     ]
     return json.loads(nbformat.writes(notebook))
 
