@@ -23,7 +23,7 @@ setup: $(BIN)/activate
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 
 data: setup
-	$(BIN)/python data_download.py get starter $(MIRROR_FLAG)
+	$(BIN)/python data_download.py get starter liang2022-all flickr8k-text $(MIRROR_FLAG)
 
 notebooks: data
 	export I0T_DATA_MIRROR=$(MIRROR); for notebook in notebooks/[0-9]*.ipynb; do \
