@@ -50,6 +50,9 @@ NETWORK_PROBE_TIMEOUT_SECONDS = 3.0
 #: Cache folder of the weights that open_clip downloads from a plain URL (no Hugging Face hub entry).
 OPENAI_URL_CACHE = "~/.cache/clip"
 
+#: Model-name prefix of open_clip models whose configuration and weights come from a hub repository.
+HF_HUB_PREFIX = "hf-hub:"
+
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _AUTOCAST_DTYPES = {"float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
@@ -283,15 +286,15 @@ def weights_source(model_name: str, pretrained: str | None, cache_dir=None) -> d
     """
     from huggingface_hub import constants
 
-    if pretrained is None:
-        return {"kind": "none", "location": None, "host": None, "cache": None}
-    if model_name.startswith("hf-hub:"):
+    if model_name.startswith(HF_HUB_PREFIX):
         return {
             "kind": "hf-hub",
-            "location": model_name[len("hf-hub:"):],
+            "location": model_name[len(HF_HUB_PREFIX):],
             "host": urlparse(constants.ENDPOINT).netloc,
             "cache": str(cache_dir or constants.HF_HUB_CACHE),
         }
+    if pretrained is None:
+        return {"kind": "none", "location": None, "host": None, "cache": None}
     if Path(pretrained).expanduser().is_file():
         return {"kind": "file", "location": str(Path(pretrained).expanduser().resolve()), "host": None, "cache": None}
 
@@ -381,7 +384,7 @@ def weights_unavailable_message(model_name: str, pretrained: str, source: dict, 
 def _check_pretrained_tag(model_name: str, pretrained: str):
     import open_clip
 
-    if model_name.startswith(("hf-hub:", "local-dir:")):
+    if model_name.startswith((HF_HUB_PREFIX, "local-dir:")):
         return
     if open_clip.get_pretrained_cfg(model_name, pretrained):
         return
@@ -418,7 +421,9 @@ def load_model(model_name: str, pretrained: str | None = None, device=None, prec
     pretrained : str or None
         A pretrained tag of that model (``open_clip.list_pretrained_tags_by_model``),
         the path of a local checkpoint file, or ``None`` (also ``"none"`` or
-        ``"random"``) for a random initialisation.
+        ``"random"``) for a random initialisation. Ignored for ``"hf-hub:"``
+        names, whose repository supplies the weights; the loaded model then
+        reports ``pretrained="hf-hub"``.
     device : str, optional
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; ``None`` or ``"auto"`` picks
         CUDA when available.
@@ -458,7 +463,10 @@ def load_model(model_name: str, pretrained: str | None = None, device=None, prec
         raise ValueError(f"model_name must be a non-empty open_clip model name, got {model_name!r}")
     if pretrained is not None and str(pretrained).strip().lower() in {"", "none", "random"}:
         pretrained = None
-    if pretrained is not None:
+    if model_name.startswith(HF_HUB_PREFIX):
+        # The repository supplies both configuration and weights; open_clip ignores ``pretrained`` then.
+        pretrained = "hf-hub"
+    elif pretrained is not None:
         pretrained = str(pretrained)
         if _looks_like_path(pretrained) and Path(pretrained).expanduser().is_file():
             pretrained = str(Path(pretrained).expanduser().resolve())
@@ -484,7 +492,7 @@ def load_model(model_name: str, pretrained: str | None = None, device=None, prec
                 logger.warning("%s; looking for %s weights in the local cache only", failure, model_name)
 
     options = {"cache_dir": None if cache_dir is None else str(cache_dir)}
-    if pretrained is not None and not Path(pretrained).is_file() and not model_name.startswith("hf-hub:"):
+    if pretrained is not None and not Path(pretrained).is_file() and not model_name.startswith(HF_HUB_PREFIX):
         # open_clip only warns when a tag was trained with QuickGELU (the OpenAI weights) and the model
         # configuration uses GELU; building the model with the activation it was trained with avoids that.
         tag_config = open_clip.get_pretrained_cfg(model_name, pretrained)
@@ -498,7 +506,8 @@ def load_model(model_name: str, pretrained: str | None = None, device=None, prec
     try:
         with _hub_offline_mode(offline):
             model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained, device=device, precision="fp32", **options
+                model_name, pretrained=None if pretrained == "hf-hub" else pretrained, device=device,
+                precision="fp32", **options
             )
             tokenizer = open_clip.get_tokenizer(model_name, cache_dir=options["cache_dir"])
     except (RuntimeError, OSError) as error:

@@ -244,3 +244,13 @@ def test_weights_source_of_a_hub_tag(tmp_path):
     assert source["location"] == "timm/vit_base_patch32_clip_224.openai"
     assert source["cache"] == str(tmp_path)
     assert weights_source(TINY_MODEL_NAME, None)["kind"] == "none"
+
+
+def test_hub_model_name_offline_failure(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match="'hf-hub:timm/ViT-B-16-SigLIP'") as raised:
+        load_model("hf-hub:timm/ViT-B-16-SigLIP", cache_dir=tmp_path)
+    assert time.monotonic() - started < 10
+    assert "repository timm/ViT-B-16-SigLIP" in str(raised.value)
+    assert weights_source("hf-hub:timm/ViT-B-16-SigLIP", None)["kind"] == "hf-hub"
