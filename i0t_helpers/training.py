@@ -320,6 +320,50 @@ def fetch_coco_val2017_images(image_ids, folder, progress: bool = True) -> list[
     return paths
 
 
+def train_live_on_starter_images(pack, image_folder=None, *, train_rows=slice(0, 400), eval_rows=slice(400, 500),
+                                 model_name: str = "ViT-B-16", pretrained: str = "openai", device=None,
+                                 num_workers: int = 2, progress: bool = True, **options):
+    """Train heads live on the COCO images and captions of a pack, with pretrained open_clip towers.
+
+    The starter pack holds CLIP ViT-B/16 (OpenAI) embeddings of 500 COCO
+    val2017 images and one caption each; this downloads those images (about
+    80 MB), loads the same model through open_clip (a download of about
+    600 MB) and runs :func:`train_live` on ``train_rows`` with held-out
+    evaluation on ``eval_rows``. Meant for a GPU session such as Colab; it
+    needs internet access. ``options`` go to :func:`train_live`.
+
+    Returns ``(model, history)``.
+    """
+    import open_clip
+
+    from .download import resolve_data_dir
+
+    if pack.image_ids is None or pack.captions is None:
+        raise ValueError("the pack has no COCO image ids or captions; use the starter pack")
+    if pack.n_texts != pack.n_images:
+        raise ValueError(f"the live demonstration needs one caption per image; the pack has {pack.n_images} images "
+                         f"and {pack.n_texts} texts")
+    folder = Path(image_folder) if image_folder is not None else resolve_data_dir() / "coco" / "val2017_images"
+    train_index = np.arange(pack.n_images)[train_rows]
+    eval_index = np.arange(pack.n_images)[eval_rows]
+    if np.intersect1d(train_index, eval_index).size:
+        raise ValueError("train_rows and eval_rows overlap; held-out rows must not be trained on")
+
+    towers, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+    tokenizer = open_clip.get_tokenizer(model_name)
+    paths = fetch_coco_val2017_images(pack.image_ids[np.concatenate([train_index, eval_index])], folder, progress)
+    paths = dict(zip(np.concatenate([train_index, eval_index]).tolist(), paths))
+
+    def dataset(rows):
+        return ImageCaptionDataset([paths[row] for row in rows], [pack.captions[row] for row in rows], preprocess,
+                                   tokenizer)
+
+    model = I0TAsyncModel(towers, model_name=f"{model_name} ({pretrained})")
+    history = train_live(model, dataset(train_index), eval_dataset=dataset(eval_index), device=device,
+                         num_workers=num_workers, progress=progress, **options)
+    return model, history
+
+
 # Evaluation -------------------------------------------------------------------
 
 
@@ -337,6 +381,42 @@ def evaluate_embeddings(image_embeds, text_embeds, text_image_index=None, random
         "recall_at_1_i2t": recalls["i2t"][1],
         "recall_at_1_t2i": recalls["t2i"][1],
     }
+
+
+def evaluate_heads(heads: I0TAsyncHeads, pack, device="cpu") -> dict:
+    """Apply ``heads`` in eval mode to an :class:`EmbeddingPack` and return :func:`evaluate_embeddings`."""
+    images, texts = heads.transform_numpy(pack.image_embeds, pack.text_embeds, device=device)
+    return evaluate_embeddings(images, texts, pack.text_image_index)
+
+
+def held_out_comparison(train_pack, eval_pack, heads: I0TAsyncHeads | None = None, device="cpu") -> pd.DataFrame:
+    """Compare raw embeddings, trained heads and training-row baselines on held-out rows.
+
+    Every method takes its statistics from the training pairs only
+    (``train_pack.paired()``), never from the held-out rows:
+
+    * ``raw``: the embeddings as they are;
+    * ``I0T_async``: ``heads`` in eval mode (skipped when ``heads`` is None);
+    * ``I0T_post``: :class:`~i0t_helpers.post.I0TPost` fitted on the training pairs;
+    * ``z-score``: :meth:`I0TAsyncHeads.from_statistics` of the training pairs, which is
+      what heads with untouched affine parameters and converged running statistics compute.
+
+    Returns one row per method with the columns of :func:`evaluate_embeddings`.
+    """
+    from .post import I0TPost
+
+    train_images, train_texts = train_pack.paired()
+    rows = {"raw": evaluate_embeddings(eval_pack.image_embeds, eval_pack.text_embeds, eval_pack.text_image_index)}
+    if heads is not None:
+        rows["I0T_async"] = evaluate_heads(heads, eval_pack, device=device)
+    post = I0TPost().fit(train_images, train_texts)
+    rows["I0T_post"] = evaluate_embeddings(*post.transform(eval_pack.image_embeds, eval_pack.text_embeds),
+                                           eval_pack.text_image_index)
+    zscore = I0TAsyncHeads.from_statistics(train_images, train_texts)
+    rows["z-score"] = evaluate_heads(zscore, eval_pack)
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "method"
+    return table
 
 
 def _progress_options(progress: bool) -> dict:

@@ -404,3 +404,22 @@ def test_two_process_ddp_on_cpu(tmp_path):
     result = json.loads(result_path.read_text())
     assert result["processes"] == 2
     assert result["heads_identical_across_processes"] and result["losses_finite"]
+
+
+# Exercise checkers of notebook 04 -------------------------------------------------------
+
+
+def test_nb04_checkers_accept_right_answers(starter_pack, capsys):
+    from i0t_helpers.exercises import nb04
+
+    assert nb04.check_trainable_parameters(3072, embed_dim=768)
+    assert not nb04.check_trainable_parameters(10_000_000, embed_dim=768)
+    assert nb04.check_running_mean_fraction(round(1 - 0.9 ** 9, 3), steps=9)
+    assert not nb04.check_running_mean_fraction(0.9, steps=9)
+    images = starter_pack.subset(slice(0, 400)).image_embeds.astype(np.float64)
+    assert nb04.check_variance_sum(round(1 - np.linalg.norm(images.mean(axis=0)) ** 2, 3), starter_pack)
+    assert not nb04.check_variance_sum(1.0, starter_pack)
+    assert nb04.check_training_steps(18, n_pairs=400, batch_size=64, epochs=3)
+    assert not nb04.check_training_steps(19, n_pairs=400, batch_size=64, epochs=3)
+    assert not nb04.check_training_steps(None)
+    assert "Hint" in capsys.readouterr().out

@@ -48,22 +48,12 @@ def _row_mask(text: str | None, n_images: int, name: str, default: np.ndarray) -
     return mask
 
 
-def _figures(pack, image_embeds=None, text_embeds=None) -> dict:
-    from ..training import evaluate_embeddings
-
-    images = pack.image_embeds if image_embeds is None else image_embeds
-    texts = pack.text_embeds if text_embeds is None else text_embeds
-    figures = evaluate_embeddings(images, texts, pack.text_image_index)
-    return {key: figures[key] for key in _REPORTED}
-
-
 def run(arguments) -> int:
     import torch
 
     from ..async_heads import I0TAsyncHeads
     from ..packs import load_pack
-    from ..post import I0TPost
-    from ..training import make_config, train_cached
+    from ..training import held_out_comparison, make_config, train_cached
 
     config = make_config(epochs=arguments.epochs, lr=arguments.lr, weight_decay=arguments.weight_decay,
                          batch_size=arguments.batch_size, warmup_steps=arguments.warmup_steps, seed=arguments.seed)
@@ -91,8 +81,10 @@ def run(arguments) -> int:
     history = train_cached(heads, train_images, train_texts, eval_image_embeds=eval_pack.image_embeds,
                            eval_text_embeds=eval_pack.text_embeds, eval_text_image_index=eval_pack.text_image_index,
                            config=config, device=device, progress=not arguments.no_progress)
-    after_images, after_texts = heads.transform_numpy(eval_pack.image_embeds, eval_pack.text_embeds)
-    post = I0TPost().fit(train_images, train_texts)
+    table = held_out_comparison(train_pack, eval_pack, heads, device=device)
+
+    def figures(method: str) -> dict:
+        return {key: float(table.loc[method, key]) for key in _REPORTED}
 
     result = {
         "model": pack.model_name,
@@ -108,10 +100,10 @@ def run(arguments) -> int:
         "final_train_loss": float(history["train_loss"].iloc[-1]),
         "trainable_parameters": heads.trainable_parameter_count(),
         "config": config.to_dict(),
-        "before": _figures(eval_pack),
-        "after": _figures(eval_pack, after_images, after_texts),
-        "i0t_post_fitted_on_train_rows": _figures(eval_pack, *post.transform(eval_pack.image_embeds,
-                                                                             eval_pack.text_embeds)),
+        "before": figures("raw"),
+        "after": figures("I0T_async"),
+        "i0t_post_fitted_on_train_rows": figures("I0T_post"),
+        "zscore_fitted_on_train_rows": figures("z-score"),
     }
     if arguments.out:
         result["heads_file"] = str(heads.save(arguments.out))
@@ -125,13 +117,13 @@ def run(arguments) -> int:
           f"held out: {result['n_eval_images']} images, {result['n_eval_texts']} texts ({result['eval_rows']})")
     print(f"trainable parameters: {result['trainable_parameters']:,}   final training loss: "
           f"{result['final_train_loss']:.4f}")
-    header = f"{'held-out metric':<22}{'before':>10}{'I0T_async':>12}{'I0T_post':>11}"
+    header = f"{'held-out metric':<22}{'before':>10}{'I0T_async':>12}{'I0T_post':>11}{'z-score':>10}"
     print(header)
     print("-" * len(header))
     for key in _REPORTED:
         print(f"{key:<22}{result['before'][key]:>10.4f}{result['after'][key]:>12.4f}"
-              f"{result['i0t_post_fitted_on_train_rows'][key]:>11.4f}")
-    print("I0T_post uses the means of the training rows, as the heads use only training statistics.")
+              f"{result['i0t_post_fitted_on_train_rows'][key]:>11.4f}{result['zscore_fitted_on_train_rows'][key]:>10.4f}")
+    print("I0T_post and the z-score use statistics of the training rows only, like the heads.")
     if arguments.out:
         print(f"heads saved to {result['heads_file']}")
     return 0
