@@ -137,8 +137,10 @@ def retrieval_table(pack: EmbeddingPack, ks=(1, 5, 10), post: bool = True) -> pd
     """Return recall@k (percent) of a pack under both protocols, raw and after I0T_post.
 
     The "all captions" protocol is reported only when some image has more than
-    one caption; "first caption" is always reported. I0T_post means are fitted
-    on the embeddings evaluated under each protocol.
+    one caption; "first caption" is always reported. It keeps the first of each
+    image's rows in the pack, which for a pack of one caption per image is that
+    caption (the starter pack keeps the last COCO caption of each image). I0T_post
+    means are fitted on the embeddings evaluated under each protocol.
 
     Returns
     -------

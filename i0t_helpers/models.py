@@ -133,6 +133,7 @@ class LoadedModel:
     autocast_dtype: str | None = None
     seed: int | None = None
     _weights_fingerprint: str | None = field(default=None, repr=False)
+    _embed_dim: int | None = field(default=None, repr=False)
 
     @property
     def context_length(self) -> int:
@@ -142,11 +143,18 @@ class LoadedModel:
 
     @property
     def embed_dim(self) -> int:
-        """Dimension of the joint embedding space."""
-        projection = getattr(self.model, "text_projection", None)
-        if projection is not None and hasattr(projection, "shape"):
-            return int(projection.shape[-1])
-        return int(self.model.visual.output_dim)
+        """Dimension of the joint embedding space, read from one text forward pass (computed once).
+
+        Architectures store it under different attributes, so the output shape
+        is the one source that holds for every open_clip model.
+        """
+        if self._embed_dim is None:
+            import torch
+
+            with torch.inference_mode(), self.autocast():
+                tokens = self.tokenizer(["a photo"]).to(self.device)
+                self._embed_dim = int(self.model.encode_text(tokens).shape[-1])
+        return self._embed_dim
 
     @property
     def precision(self) -> str:

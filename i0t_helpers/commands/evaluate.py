@@ -49,7 +49,7 @@ def run(arguments) -> int:
         for (protocol, method), row in table.iterrows():
             key = protocol.replace(" ", "_")
             result["recall"].setdefault(key, {})[method] = {
-                column.replace(" ", "_").replace("@", "_at_"): float(value) for column, value in row.items()
+                column.replace(" ", "_").replace("@", "_at_"): round(float(value), 4) for column, value in row.items()
             }
         print_json(result)
         return 0
