@@ -1,6 +1,6 @@
 """The notebooks' SOURCE switch: every course notebook runs unchanged on a pack of live embeddings.
 
-The pack stands in for live mode offline: scikit-image's sample photos and
+The pack replaces live data offline: scikit-image's sample photos and
 captions written for them, encoded by the tiny randomly initialised open_clip
 model (its 512-d variant, the embedding dimension of CLIP ViT-B/32). Each
 notebook's set-up cell gets ``SOURCE = "<that pack's path>"`` and the notebook
