@@ -4,7 +4,7 @@ Both variants train the same heads with the same options on the same synthetic
 image-caption pairs (random 32x32 images and random token sequences for the
 course's tiny open_clip model, or 224x224 for ``--model ViT-B-32``, randomly
 initialised). Live training runs every batch through the frozen towers, as the
-authors' code does; cached training encodes the pairs once and then trains on
+authors' code does. Cached training encodes the pairs once and then trains on
 the stored embeddings. The script reports the median time per epoch of each,
 their ratio, the one-time encoding cost of the cached variant and the peak
 memory of each variant. Each run uses ``--threads`` torch threads (default 1),

@@ -254,7 +254,7 @@ def load_torch_file(path, what: str) -> dict:
             f"(torch.load with weights_only=True): {error}"
         ) from None
     if not isinstance(payload, dict):
-        raise ValueError(f"{path} holds a {type(payload).__name__}, not the dict a {what} file contains")
+        raise ValueError(f"{path} contains a {type(payload).__name__}, not the dict of a {what} file")
     return payload
 
 
@@ -263,12 +263,12 @@ def check_heads_compatible(saved_model: str, saved_dim: int, model_name: str | N
     """Raise ``ValueError`` when saved heads belong to another model or dimension than requested."""
     if embed_dim is not None and int(saved_dim) != int(embed_dim):
         raise ValueError(
-            f"{source} holds heads of dimension {saved_dim}, but dimension {embed_dim} was requested; "
+            f"{source} contains heads of dimension {saved_dim}, but dimension {embed_dim} was requested; "
             f"heads only fit the model they were trained on, so train heads for this model"
         )
     if model_name is not None and saved_model != model_name:
         raise ValueError(
-            f"{source} holds heads trained for model {saved_model!r}, not {model_name!r}; "
+            f"{source} contains heads trained for model {saved_model!r}, not {model_name!r}; "
             f"train heads for {model_name!r}"
         )
 
@@ -405,6 +405,8 @@ class I0TAsyncModel(nn.Module):
         return self
 
     def _block_dropout(self, module, inputs, output):
+        # NOTE: the released training script of An et al. (2025) does not enable MCSIE, so where their dropout
+        # sits inside the towers is unknown; here it acts on the output of every transformer block.
         if self._dropout_active:
             return F.dropout(output, p=self.tower_dropout, training=True)
         return output

@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -53,12 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _peak_memory_gib(device: torch.device) -> tuple[str, float]:
     if device.type == "cuda":
         return "peak GPU memory", torch.cuda.max_memory_allocated(device) / 2**30
-    # ru_maxrss is in KiB on Linux.
-    return "peak process memory (RSS)", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    # VmHWM is this process's own peak; getrusage's ru_maxrss would carry over the launcher's peak under torchrun.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return "peak process memory (RSS)", int(line.split()[1]) / 2**20
+    return "peak process memory (RSS, unavailable on this system)", float("nan")
 
 
 def _heads_agree(heads) -> bool:
-    """Return whether every process holds the same heads (True without torchrun)."""
+    """Return whether every process has the same heads (True without torchrun)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return True
     flat = torch.cat([value.detach().double().flatten() for value in heads.state_dict().values()])
@@ -83,7 +86,9 @@ def main(argv=None) -> int:
     on_cuda = arguments.device == "cuda"
     model_name = arguments.model or ("ViT-B-32" if on_cuda else "tiny")
     batch_size = arguments.batch_size or (128 if on_cuda else 8)
-    num_workers = arguments.num_workers if arguments.num_workers is not None else (4 if on_cuda else 0)
+    num_workers = arguments.num_workers
+    if num_workers is None:
+        num_workers = 4 if on_cuda else 0
 
     rank, world_size, local_rank = init_distributed("nccl" if on_cuda else "gloo")
     device = torch.device("cuda", local_rank) if on_cuda else torch.device("cpu")

@@ -72,7 +72,7 @@ def test_cosine_lr_by_hand():
     assert cosine_lr(4, 1.0, 4, 10) == pytest.approx(1.0)
     assert cosine_lr(7, 1.0, 4, 10) == pytest.approx(0.5)
     assert cosine_lr(9, 2.0, 4, 10) == pytest.approx(2.0 * (1 + math.cos(math.pi * 5 / 6)) / 2)
-    # The paper's 200 warm-up steps are longer than 9 steps on 400 pairs: the peak is never reached.
+    # 200 warm-up steps (An et al., 2025) are longer than the 9 steps on 400 pairs: the peak is never reached.
     assert cosine_lr(8, 1e-6, 200, 9) == pytest.approx(4.5e-8)
 
 
@@ -253,10 +253,14 @@ def test_synthetic_pairs_are_reproducible():
     dataset = SyntheticImageTextDataset(3, image_size=8, seed=5)
     image, tokens = dataset[1]
     again_image, again_tokens = SyntheticImageTextDataset(3, image_size=8, seed=5)[1]
-    assert torch.equal(image, again_image) and torch.equal(tokens, again_tokens)
-    assert image.shape == (3, 8, 8) and tokens.shape == (77,)
+    assert torch.equal(image, again_image)
+    assert torch.equal(tokens, again_tokens)
+    assert image.shape == (3, 8, 8)
+    assert tokens.shape == (77,)
     end = int((tokens == 49407).nonzero()[0, 0])
-    assert tokens[0] == 49406 and 6 <= end <= 21 and (tokens[end + 1:] == 0).all()
+    assert tokens[0] == 49406
+    assert 6 <= end <= 21
+    assert (tokens[end + 1:] == 0).all()
     with pytest.raises(IndexError):
         dataset[3]
 
@@ -270,7 +274,8 @@ def test_image_caption_dataset_reads_files(tmp_path):
     dataset = ImageCaptionDataset([path, Image.new("RGB", (20, 20))], ["a red square", "a black square"],
                                   preprocess, tokenizer)
     image, tokens = dataset[0]
-    assert image.shape == (3, 32, 32) and torch.equal(tokens, tokenizer(["a red square"])[0])
+    assert image.shape == (3, 32, 32)
+    assert torch.equal(tokens, tokenizer(["a red square"])[0])
     with pytest.raises(ValueError, match="2 images and 1 captions"):
         ImageCaptionDataset([path, path], ["one"], preprocess, tokenizer)
     with pytest.raises(FileNotFoundError, match="missing.png"):
@@ -349,7 +354,9 @@ def test_cli_reports_before_and_after(capsys, tmp_path):
     assert status == 0
     result = json.loads(capsys.readouterr().out)
     assert result["trainable_parameters"] == 2048
-    assert result["steps"] == 9 and result["n_train_pairs"] == 400 and result["n_eval_images"] == 100
+    assert result["steps"] == 9
+    assert result["n_train_pairs"] == 400
+    assert result["n_eval_images"] == 100
     for stage in ("before", "after", "i0t_post_fitted_on_train_rows"):
         assert set(result[stage]) == {"centroid_distance", "linear_separability", "recall_at_1_i2t",
                                       "recall_at_1_t2i"}
@@ -360,7 +367,8 @@ def test_cli_reports_before_and_after(capsys, tmp_path):
 def test_cli_table_and_errors(capsys):
     assert cli_main(["train-async", "--pack", "starter", "--epochs", "1", "--no-progress"]) == 0
     output = capsys.readouterr().out
-    assert "trainable parameters: 2,048" in output and "I0T_post" in output
+    assert "trainable parameters: 2,048" in output
+    assert "I0T_post" in output
     assert cli_main(["train-async", "--pack", "starter", "--train-rows", "0:400", "--eval-rows", "300:500"]) == 2
     assert "share 100 image row(s)" in capsys.readouterr().err
     assert cli_main(["train-async", "--pack", "starter", "--lr", "-1"]) == 2
@@ -381,7 +389,9 @@ def test_gpu_check_smoke_on_cpu(capsys, tmp_path):
     status = load_gpu_check().main(["--device", "cpu", "--steps", "3", "--json-out", str(tmp_path / "r.json")])
     output = capsys.readouterr().out
     assert status == 0, output
-    assert "images/s:" in output and "losses finite: yes" in output and "PASSED" in output
+    assert "images/s:" in output
+    assert "losses finite: yes" in output
+    assert "PASSED" in output
     assert json.loads((tmp_path / "r.json").read_text())["running_statistics_updated_every_step"]
 
 
@@ -403,7 +413,8 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert finished.returncode == 0, finished.stdout + finished.stderr
     result = json.loads(result_path.read_text())
     assert result["processes"] == 2
-    assert result["heads_identical_across_processes"] and result["losses_finite"]
+    assert result["heads_identical_across_processes"]
+    assert result["losses_finite"]
 
 
 # Exercise checkers of notebook 04 -------------------------------------------------------

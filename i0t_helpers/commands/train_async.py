@@ -16,7 +16,8 @@ def register(subparsers):
         description="Train the two BatchNorm heads of I0T_async (An et al., 2025) on cached embeddings of the "
                     "training rows, with everything else frozen, and report centroid distance, linear "
                     "separability and recall@1 on the held-out rows before and after training, next to "
-                    "I0T_post fitted on the same training rows. Defaults are the paper's hyperparameters.",
+                    "I0T_post fitted on the same training rows. The defaults are the hyperparameters of "
+                    "An et al. (2025).",
     )
     parser.add_argument("--pack", required=True, help="a named pack (starter, starter-random, ...) or a pack .npz")
     parser.add_argument("--data-dir", default=None, help="data folder for named packs (default: data/)")
@@ -121,8 +122,9 @@ def run(arguments) -> int:
     print(header)
     print("-" * len(header))
     for key in _REPORTED:
-        print(f"{key:<22}{result['before'][key]:>10.4f}{result['after'][key]:>12.4f}"
-              f"{result['i0t_post_fitted_on_train_rows'][key]:>11.4f}{result['zscore_fitted_on_train_rows'][key]:>10.4f}")
+        post = result["i0t_post_fitted_on_train_rows"][key]
+        zscore = result["zscore_fitted_on_train_rows"][key]
+        print(f"{key:<22}{result['before'][key]:>10.4f}{result['after'][key]:>12.4f}{post:>11.4f}{zscore:>10.4f}")
     print("I0T_post and the z-score use statistics of the training rows only, like the heads.")
     if arguments.out:
         print(f"heads saved to {result['heads_file']}")

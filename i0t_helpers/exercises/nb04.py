@@ -19,7 +19,7 @@ def check_trainable_parameters(answer, embed_dim: int = 768) -> bool:
 
 
 def check_running_mean_fraction(answer, steps: int = 9, momentum: float = 0.1) -> bool:
-    """Exercise 2: the fraction of a constant batch mean that the running mean holds after ``steps`` steps, 3 decimals.
+    """Exercise 2: the fraction of a constant batch mean in the running mean after ``steps`` steps, 3 decimals.
 
     Computed by running a BatchNorm1d on ``steps`` identical batches whose mean is 1.
     """
@@ -35,7 +35,7 @@ def check_running_mean_fraction(answer, steps: int = 9, momentum: float = 0.1) -
 
 
 def check_variance_sum(answer, pack: EmbeddingPack, rows=slice(0, 400)) -> bool:
-    """Exercise 3: the sum of the per-dimension (population) variances of the image embeddings of ``rows``, 3 decimals."""
+    """Exercise 3: the sum of the per-dimension population variances of the image embeddings of ``rows``, 3 decimals."""
     images = pack.subset(rows).image_embeds.astype(np.float64)
     images /= np.linalg.norm(images, axis=1, keepdims=True)
     expected = float(images.var(axis=0).sum())
