@@ -373,6 +373,8 @@ def test_cli_table_and_errors(capsys):
     assert "share 100 image row(s)" in capsys.readouterr().err
     assert cli_main(["train-async", "--pack", "starter", "--lr", "-1"]) == 2
     assert "lr must be a positive" in capsys.readouterr().err
+    assert cli_main(["train-async", "--pack", "starter", "--device", "gpu0"]) == 2
+    assert "--device must be cpu, cuda, cuda:N or auto" in capsys.readouterr().err
 
 
 # The GPU check script on CPU, and distributed training ---------------------------------

@@ -61,6 +61,12 @@ def run(arguments) -> int:
     device = arguments.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device_type = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto; got {arguments.device!r}") from None
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} was requested but no CUDA device is visible; use --device cpu")
 
     pack = load_pack(arguments.pack, data_dir=arguments.data_dir, mirror=arguments.mirror)
     n_train_default = int(round(0.8 * pack.n_images))
