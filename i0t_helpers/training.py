@@ -562,6 +562,49 @@ def _batch_loss(loss: CyCLIPLoss, image_views, text_views, logit_scale: float, r
     return mcsie_loss(loss, image_views, text_views, logit_scale)
 
 
+def _cpu_state(module: nn.Module) -> dict:
+    return {key: value.detach().cpu() for key, value in module.state_dict().items()}
+
+
+def _checkpoint_payload(run: _Run, config: AsyncTrainingConfig, optimizer, scaler, epochs_done: int, step: int,
+                        history: list[dict]) -> dict:
+    """Return what a checkpoint stores: the heads, fine-tuned towers if any, optimiser and scaler state, progress."""
+    towers_trained = run.towers is not None and any(p.requires_grad for p in run.towers.parameters())
+    return {
+        "format": CHECKPOINT_FORMAT_NAME,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "mode": run.mode,
+        "model_name": run.heads.model_name,
+        "embed_dim": run.heads.embed_dim,
+        "heads": _cpu_state(run.heads),
+        "towers": _cpu_state(run.towers) if towers_trained else None,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epochs_done,
+        "step": step,
+        "config": config.to_dict(),
+        "history": history,
+    }
+
+
+def _restore(run: _Run, config: AsyncTrainingConfig, checkpoint_path: Path, optimizer, scaler):
+    """Load a checkpoint into the run when one exists; return ``(step, epochs_done, history)``."""
+    if not checkpoint_path.is_file():
+        logger.info("no checkpoint at %s yet; starting from scratch", checkpoint_path)
+        return 0, 0, []
+    checkpoint = load_checkpoint(checkpoint_path)
+    _check_resumable(checkpoint, checkpoint_path, config, run.heads, run.mode)
+    run.heads.load_state_dict(checkpoint["heads"])
+    if checkpoint["towers"] is not None:
+        if run.towers is None:
+            raise ValueError(f"{checkpoint_path} contains fine-tuned towers; resume it with train_live")
+        run.towers.load_state_dict(checkpoint["towers"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    logger.info("resumed from %s after epoch %d (step %d)", checkpoint_path, checkpoint["epoch"], checkpoint["step"])
+    return checkpoint["step"], checkpoint["epoch"], list(checkpoint["history"])
+
+
 def _fit(run: _Run, config: AsyncTrainingConfig, checkpoint_path, resume: bool, stop_after_epoch: int | None,
          progress: bool) -> pd.DataFrame:
     from tqdm.auto import tqdm
@@ -584,20 +627,7 @@ def _fit(run: _Run, config: AsyncTrainingConfig, checkpoint_path, resume: bool, 
     if resume:
         if checkpoint_path is None:
             raise ValueError("resume=True needs checkpoint_path")
-        if checkpoint_path.is_file():
-            checkpoint = load_checkpoint(checkpoint_path)
-            _check_resumable(checkpoint, checkpoint_path, config, run.heads, run.mode)
-            run.heads.load_state_dict(checkpoint["heads"])
-            if checkpoint["towers"] is not None:
-                if run.towers is None:
-                    raise ValueError(f"{checkpoint_path} holds fine-tuned towers; resume it with train_live")
-                run.towers.load_state_dict(checkpoint["towers"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scaler.load_state_dict(checkpoint["scaler"])
-            step, start_epoch, history = checkpoint["step"], checkpoint["epoch"], list(checkpoint["history"])
-            logger.info("resumed from %s after epoch %d (step %d)", checkpoint_path, start_epoch, step)
-        else:
-            logger.info("no checkpoint at %s yet; starting from scratch", checkpoint_path)
+        step, start_epoch, history = _restore(run, config, checkpoint_path, optimizer, scaler)
 
     if start_epoch == 0 and not history and run.evaluate is not None and rank == 0:
         run.heads.eval()
@@ -643,22 +673,8 @@ def _fit(run: _Run, config: AsyncTrainingConfig, checkpoint_path, resume: bool, 
                     len(losses))
 
         if checkpoint_path is not None and rank == 0:
-            _save_checkpoint(checkpoint_path, {
-                "format": CHECKPOINT_FORMAT_NAME,
-                "format_version": CHECKPOINT_FORMAT_VERSION,
-                "mode": run.mode,
-                "model_name": run.heads.model_name,
-                "embed_dim": run.heads.embed_dim,
-                "heads": {key: value.detach().cpu() for key, value in run.heads.state_dict().items()},
-                "towers": (None if run.towers is None or not any(p.requires_grad for p in run.towers.parameters())
-                           else {key: value.detach().cpu() for key, value in run.towers.state_dict().items()}),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch + 1,
-                "step": step,
-                "config": config.to_dict(),
-                "history": history,
-            })
+            _save_checkpoint(checkpoint_path, _checkpoint_payload(run, config, optimizer, scaler, epoch + 1, step,
+                                                                  history))
         if world_size > 1:
             torch.distributed.barrier()
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:

@@ -32,6 +32,15 @@ def randomised_heads(dim=6, seed=0):
     return heads
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Run these small models on one thread: faster than two, and steady on a shared machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     towers, preprocess, tokenizer = create_tiny_model(seed=0)

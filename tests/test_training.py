@@ -43,6 +43,15 @@ RUN_SLOW = os.environ.get("I0T_RUN_SLOW") == "1"
 FAST = dict(batch_size=16, lr=1e-2, warmup_steps=2, seed=3)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Run these small models on one thread: faster than two, and steady on a shared machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def tiny_towers():
     towers, _, _ = create_tiny_model(seed=0)
