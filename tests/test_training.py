@@ -235,6 +235,24 @@ def test_live_evaluation_and_mcsie(tiny_towers, synthetic_pairs):
     assert mcsie["train_loss"].iloc[-1] != pytest.approx(plain["train_loss"].iloc[-1], abs=1e-6)
 
 
+def test_phase_one_trains_towers_without_heads(tmp_path, synthetic_pairs):
+    towers, _, _ = create_tiny_model(seed=2)
+    before = {key: value.clone() for key, value in towers.state_dict().items()}
+    model = I0TAsyncModel(towers, freeze_towers=False, use_heads=False)
+    initial_heads = heads_state(model.heads)
+    path = tmp_path / "phase1.pt"
+    history = train_live(model, synthetic_pairs, checkpoint_path=path, num_workers=0, progress=False, epochs=1,
+                         **FAST)
+
+    assert np.isfinite(history["train_loss"]).all()
+    assert not torch.equal(towers.visual.conv1.weight.detach(), before["visual.conv1.weight"])
+    assert torch.equal(towers.logit_scale.detach(), before["logit_scale"])
+    for key, value in model.heads.state_dict().items():
+        assert torch.equal(value, initial_heads[key]), key
+    saved_towers = load_checkpoint(path)["towers"]
+    assert torch.equal(saved_towers["visual.conv1.weight"], towers.visual.conv1.weight.detach())
+
+
 def test_live_rejects_bad_options(tiny_towers, synthetic_pairs):
     model = I0TAsyncModel(tiny_towers)
     with pytest.raises(ValueError, match="dropout"):
