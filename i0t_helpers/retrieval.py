@@ -142,14 +142,51 @@ def _ranks_of_opened(images, texts, dtype, index: np.ndarray, chunk_size: int, w
             scores = _score_block(images[image_start:image_stop], texts[text_start:text_stop], buffers.scores(*shape))
             mask = buffers.mask(*shape)
 
-            np.greater(scores, image_threshold, out=mask)
-            image_ranks[image_start:image_stop] += mask.sum(axis=1, dtype=np.int64)
-            np.greater(scores, positive[None, text_start:text_stop], out=mask)
-            text_ranks[text_start:text_stop] += mask.sum(axis=0, dtype=np.int64)
+            row_counts, column_counts = _count_above(scores, mask, image_threshold,
+                                                     positive[None, text_start:text_stop])
+            image_ranks[image_start:image_stop] += row_counts
+            text_ranks[text_start:text_stop] += column_counts
 
             _remove_correct_pairs(scores, index, image_start, image_stop, text_start, text_stop,
                                   image_threshold[:, 0], positive, image_ranks, text_ranks)
     return image_ranks, text_ranks
+
+
+def _count_above(scores, mask, row_thresholds, column_thresholds) -> tuple[np.ndarray, np.ndarray]:
+    """Count, per row and per column of a block, the scores strictly above that row's or column's threshold."""
+    np.greater(scores, row_thresholds, out=mask)
+    row_counts = _count_true_per_row(mask)
+    np.greater(scores, column_thresholds, out=mask)
+    return row_counts, _count_true_per_column(mask)
+
+
+# Summing a boolean block with numpy converts every element to an integer first.
+# Viewing eight booleans (bytes of 0 or 1) as one uint64 and adding words instead
+# counts eight elements per addition. Each byte lane of a sum of at most 255 words
+# is at most 255, so no lane carries into the next, and the lanes are added up at
+# the end. The results equal mask.sum(axis=...) exactly.
+_MAX_WORDS_PER_SUM = 255
+
+
+def _count_true_per_row(mask: np.ndarray) -> np.ndarray:
+    if mask.shape[1] % 8:
+        return mask.sum(axis=1, dtype=np.int64)
+    words = mask.view(np.uint64)
+    counts = np.zeros(len(mask), dtype=np.int64)
+    for start in range(0, words.shape[1], _MAX_WORDS_PER_SUM):
+        lane_sums = words[:, start:start + _MAX_WORDS_PER_SUM].sum(axis=1, dtype=np.uint64)
+        counts += lane_sums.view(np.uint8).reshape(len(mask), 8).sum(axis=1, dtype=np.int64)
+    return counts
+
+
+def _count_true_per_column(mask: np.ndarray) -> np.ndarray:
+    if mask.shape[1] % 8:
+        return mask.sum(axis=0, dtype=np.int64)
+    words = mask.view(np.uint64)
+    counts = np.zeros(mask.shape[1], dtype=np.int64)
+    for start in range(0, len(mask), _MAX_WORDS_PER_SUM):
+        counts += words[start:start + _MAX_WORDS_PER_SUM].sum(axis=0, dtype=np.uint64).view(np.uint8)
+    return counts
 
 
 def _remove_correct_pairs(scores, index, image_start, image_stop, text_start, text_stop, image_threshold, positive,

@@ -94,6 +94,15 @@ def test_recall_same_for_every_chunk_size():
         assert result == results[0]
 
 
+@pytest.mark.parametrize("shape", [(600, 4096), (256, 2048), (3, 8), (255, 4080), (700, 13)])
+def test_block_counts_match_numpy_sum(shape):
+    # Blocks wider than 255 words or taller than 255 rows need several word sums.
+    mask = np.random.default_rng(2).random(shape) < 0.97
+
+    np.testing.assert_array_equal(retrieval._count_true_per_row(mask), mask.sum(axis=1))
+    np.testing.assert_array_equal(retrieval._count_true_per_column(mask), mask.sum(axis=0))
+
+
 def test_ranks_never_build_full_matrix(monkeypatch):
     images, texts, index = several_captions(n_images=40, seed=4)
     shapes = []
