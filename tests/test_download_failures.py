@@ -168,7 +168,11 @@ def http_server(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def fast_downloader(monkeypatch):
-    """Short timeouts and no waits between retries, so every failure costs well under a few seconds."""
+    """Short timeouts and no waits between retries, so every failure costs well under a few seconds.
+
+    The mirror variable is cleared because these tests download from their own loopback server.
+    """
+    monkeypatch.delenv(download.MIRROR_ENV, raising=False)
     monkeypatch.setenv(download.HTTP_TIMEOUT_ENV, str(TEST_TIMEOUT_SECONDS))
     monkeypatch.setattr(download, "RETRY_WAIT_SECONDS", 0.0)
     monkeypatch.setattr(download, "DOWNLOAD_RETRIES", 2)
