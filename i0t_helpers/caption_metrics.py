@@ -353,12 +353,25 @@ def reference_similarity(caption_embeds, reference_embeds, reference_image_index
 
 
 def harmonic_mean(a, b) -> np.ndarray:
-    """Return ``2ab / (a + b)`` elementwise, defined as 0 where ``a + b == 0`` (both scores are non-negative)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+    """Return ``2ab / (a + b)`` elementwise, defined as 0 where ``a + b == 0``.
+
+    Both inputs must be finite and non-negative (clipped scores); anything else
+    raises ``ValueError`` rather than turning into a valid-looking 0. The product
+    is formed as ``2 a (b / (a + b))`` so that tiny scores do not underflow.
+    """
+    arrays = []
+    for name, values in (("a", a), ("b", b)):
+        if values is None:
+            raise TypeError(f"harmonic_mean: {name} is None; pass an array of non-negative scores")
+        array = np.asarray(values, dtype=np.float64)
+        if not np.isfinite(array).all() or (array < 0).any():
+            raise ValueError(f"harmonic_mean: {name} must hold finite non-negative scores; clip them at 0 first")
+        arrays.append(array)
+    a, b = np.broadcast_arrays(*arrays)
     total = a + b
-    with np.errstate(invalid="ignore", divide="ignore"):
-        result = np.where(total > 0, 2.0 * a * b / np.where(total > 0, total, 1.0), 0.0)
+    positive = total > 0
+    result = np.zeros(a.shape, dtype=np.float64)
+    result[positive] = 2.0 * a[positive] * (b[positive] / total[positive])
     return result
 
 
