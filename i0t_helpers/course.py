@@ -33,6 +33,17 @@ def pick_device(prefer_gpu: bool = True) -> str:
     return "cuda" if prefer_gpu and torch.cuda.is_available() else "cpu"
 
 
+def _use_inline_figures():
+    """Show figures inline in a Jupyter kernel, even when MPLBACKEND selects a non-interactive backend."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":
+        shell.run_line_magic("matplotlib", "inline")
+
+
 def setup_notebook(seed: int = 0, prefer_gpu: bool = True) -> str:
     """Prepare a notebook session and return the device.
 
@@ -50,6 +61,7 @@ def setup_notebook(seed: int = 0, prefer_gpu: bool = True) -> str:
     pd.set_option("display.precision", 4)
     if os.environ.get("CI"):
         os.environ.setdefault("TQDM_DISABLE", "1")
+    _use_inline_figures()
     try:
         import seaborn as sns
 
