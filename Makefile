@@ -1,5 +1,5 @@
-# Two entry points: `make course` (set up, fetch the starter data, run every notebook,
-# print the gap summary) and `make test` (set up, run the test suite).
+# Two entry points: `make course` (set up, fetch the starter data, run every notebook into
+# build/executed/, print the gap summary) and `make test` (set up, run the test suite).
 # MIRROR=DIR_OR_URL fetches data from a mirror instead of the internet.
 
 PYTHON ?= python3
@@ -28,7 +28,7 @@ data: setup
 notebooks: data
 	export I0T_DATA_MIRROR=$(MIRROR); for notebook in notebooks/[0-9]*.ipynb; do \
 		echo "running $$notebook"; \
-		$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+		$(BIN)/jupyter nbconvert --to notebook --execute --output-dir build/executed \
 			--ExecutePreprocessor.timeout=1200 "$$notebook" || exit 1; \
 	done
 
