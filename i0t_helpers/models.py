@@ -485,6 +485,12 @@ def load_model(model_name: str, pretrained: str | None = None, device=None, prec
     autocast_dtype = _resolve_autocast_dtype(device, precision)
     if model_name in _TINY_CONFIGS:
         register_tiny_model_config()
+    if not model_name.startswith(HF_HUB_PREFIX) and model_name not in open_clip.list_models():
+        close = [name for name in open_clip.list_models() if name.lower().startswith(model_name.lower()[:5])][:8]
+        raise ValueError(
+            f"unknown open_clip model {model_name!r}; choose one of open_clip.list_models()"
+            + (f", for example {', '.join(close)}" if close else ", for example ViT-B-32 or ViT-B-16")
+        )
 
     source = weights_source(model_name, pretrained, cache_dir)
     offline = False
@@ -520,6 +526,11 @@ def load_model(model_name: str, pretrained: str | None = None, device=None, prec
             tokenizer = open_clip.get_tokenizer(model_name, cache_dir=options["cache_dir"])
     except (RuntimeError, OSError) as error:
         if source["kind"] not in {"hf-hub", "url"}:
+            if isinstance(error, RuntimeError) and "state_dict" in str(error):
+                raise ValueError(
+                    f"the checkpoint {pretrained} does not fit model {model_name!r} (its weights have other names "
+                    f"or shapes); pass the model name the checkpoint was trained with"
+                ) from None
             raise
         if reason is None:
             reason = f"the download failed ({error})"

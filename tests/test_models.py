@@ -254,3 +254,21 @@ def test_hub_model_name_offline_failure(monkeypatch, tmp_path):
     assert time.monotonic() - started < 10
     assert "repository timm/ViT-B-16-SigLIP" in str(raised.value)
     assert weights_source("hf-hub:timm/ViT-B-16-SigLIP", None)["kind"] == "hf-hub"
+
+
+def test_unknown_model_name_raises_value_error():
+    from i0t_helpers.models import load_model
+
+    with pytest.raises(ValueError, match="unknown open_clip model 'ViT-B-99'.*ViT-B-16"):
+        load_model("ViT-B-99", None, device="cpu")
+
+
+def test_mismatched_checkpoint_raises_value_error(tmp_path):
+    import torch
+
+    from i0t_helpers.models import TINY_MODEL_NAME, load_model
+
+    checkpoint = tmp_path / "other.pt"
+    torch.save({"unrelated.weight": torch.zeros(2)}, checkpoint)
+    with pytest.raises(ValueError, match="does not fit model"):
+        load_model(TINY_MODEL_NAME, str(checkpoint), device="cpu")
