@@ -34,6 +34,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
+from ._files import replace_file
 
 logger = logging.getLogger(__name__)
 
@@ -351,7 +352,7 @@ def _copy_verified(source: Path, destination: Path, sha256: str):
                 f"{source} has SHA-256 {actual}, expected {sha256}; the mirror copy is damaged or of another "
                 f"version, so {destination} was not written. Replace the mirror file or download from the internet"
             )
-        os.replace(temporary, destination)
+        replace_file(temporary, destination)
     finally:
         Path(temporary).unlink(missing_ok=True)
 
@@ -616,7 +617,7 @@ def extract_members(archive_path: Path, members: dict[str, DataFile], data_dir: 
                         f"member {member_name} of {archive_path} has SHA-256 {actual}, expected {data_file.sha256}; "
                         f"{destination} was not written"
                     )
-                os.replace(temporary, destination)
+                replace_file(temporary, destination)
             finally:
                 Path(temporary).unlink(missing_ok=True)
 

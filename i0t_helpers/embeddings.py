@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ._validation import check_embedding_pair, check_text_image_index
+from ._files import replace_file
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ class EmbeddingPack:
         try:
             with os.fdopen(handle, "wb") as stream:
                 np.savez(stream, **arrays)
-            os.replace(temporary, path)
+            replace_file(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise

@@ -31,6 +31,7 @@ import numpy as np
 from ._validation import check_positive_int
 from .download import resolve_data_dir
 from .embeddings import EmbeddingPack
+from ._files import replace_file
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def _write_cache(path: Path, **arrays):
     try:
         with os.fdopen(handle, "wb") as stream:
             np.savez(stream, **arrays)
-        os.replace(temporary, path)
+        replace_file(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
         logger.warning("could not write the embedding cache file %s (%s); results are not cached", path, error)

@@ -25,6 +25,7 @@ import numpy as np
 
 from ._chunked import NormDeviation, column_statistics, open_embeddings, squared_row_norms, unit_rows
 from ._validation import check_positive_int
+from ._files import replace_file
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class _ModalityMeans:
             with os.fdopen(handle, "wb") as stream:
                 np.savez(stream, header_json=np.array(json.dumps(header)), image_sum=self._image_sum,
                          text_sum=self._text_sum)
-            os.replace(temporary, path)
+            replace_file(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise

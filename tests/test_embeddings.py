@@ -90,3 +90,12 @@ def test_load_rejects_non_npz(tmp_path):
 def test_load_missing_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         EmbeddingPack.load(tmp_path / "absent.npz")
+
+
+def test_saved_file_has_default_mode(tmp_path, small_pack):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = small_pack.save(tmp_path / "pack.npz")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
