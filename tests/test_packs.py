@@ -125,3 +125,13 @@ def test_offline_download_names_the_mirror_option(tmp_path, monkeypatch):
 def test_unknown_dataset_lists_choices():
     with pytest.raises(ValueError, match="unknown dataset 'nope'; choose one of .*starter"):
         download.fetch("nope")
+
+
+def test_verify_command_skips_datasets_not_downloaded(tmp_path, local_mirror, capsys):
+    data_dir = tmp_path / "data"
+    download.fetch("starter", data_dir=data_dir, mirror=local_mirror, progressbar=False)
+    assert download.main(["--data-dir", str(data_dir), "verify"]) == 0
+    output = capsys.readouterr().out
+    assert "flickr8k-text: not downloaded" in output
+    assert "starter: liang2022/features_clip.npy: ok" in output
+    assert download.main(["--data-dir", str(data_dir), "verify", "flickr8k-text"]) == 1
