@@ -186,7 +186,7 @@ def epoch_batches(n_rows: int, batch_size: int, seed: int, epoch: int, drop_last
     if not batches:
         raise ValueError(
             f"no training batch: {n_rows} rows are fewer than batch_size={batch_size} with drop_last={drop_last}; "
-            f"lower batch_size or pass drop_last=False"
+            f"lower batch_size (--batch-size on the command line) or pass drop_last=False to the Python API"
         )
     if world_size > 1:
         share = batch_size // world_size
