@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 #: Centroid-distance thresholds of the severity bands used by An et al. (2025).
 SEVERE_GAP_THRESHOLD = 0.63
 MODERATE_GAP_THRESHOLD = 0.19
+#: Below this sum of matched and intra-modal dissimilarity, RMG treats all embeddings as one point.
+COLLAPSED_TOLERANCE = 1e-6
 
 
 def _statistics_pair(images, texts, dtype) -> tuple[ColumnStatistics, ColumnStatistics]:
@@ -231,7 +233,8 @@ def _rmg_from_statistics(matched_cosine: float, image_statistics: ColumnStatisti
     matched = (1.0 - matched_cosine) / 2.0
     intra = ((1.0 - _mean_offdiagonal_cosine(image_statistics)) / 2.0
              + (1.0 - _mean_offdiagonal_cosine(text_statistics)) / 2.0) / 2.0
-    if matched + intra == 0:
+    if matched + intra < COLLAPSED_TOLERANCE:
+        # Every embedding is the same point: M and I are both rounding noise, and RMG is 0 by continuity.
         return 0.0
     return float(matched / (matched + intra))
 

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_CHUNK_ROWS = 65536
 
 STATISTICS_FORMAT_VERSION = 1
+
+#: A unit row whose distance to the fitted mean is below this is treated as lying on the mean.
+AT_MEAN_TOLERANCE = 1e-6
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -127,6 +131,13 @@ class _ModalityMeans:
             block = unit_rows(array[start:stop], name, dtype, start, deviation, out=target if write_directly else None)
             block -= shift
             norms = np.sqrt(squared_row_norms(block, f"centred {name}", start))
+            at_mean = np.flatnonzero(norms < AT_MEAN_TOLERANCE)
+            if at_mean.size:
+                raise ValueError(
+                    f"{name} row {start + int(at_mean[0])} equals the fitted {modality} mean (centred norm "
+                    f"{norms[at_mean[0]]:.1e}), so it has no direction after centring; fit the statistics on "
+                    f"more than this one distinct embedding"
+                )
             np.divide(block, norms[:, None], out=block)
             if not write_directly:
                 target[...] = block
@@ -197,7 +208,7 @@ class _ModalityMeans:
                 header = json.loads(str(data["header_json"]))
                 image_sum = np.asarray(data["image_sum"], dtype=np.float64)
                 text_sum = np.asarray(data["text_sum"], dtype=np.float64)
-        except (KeyError, ValueError, OSError, EOFError) as error:
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"{path} is not a statistics file written by {cls.__name__}.save: {error}") from None
 
         if header.get("method") != cls._method_name:

@@ -39,6 +39,8 @@ DEFAULT_CHUNK_SIZE = 4096
 def _as_ks(ks) -> tuple[int, ...]:
     if isinstance(ks, (int, np.integer)):
         ks = (ks,)
+    if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__"):
+        raise TypeError(f"ks must be an integer or a sequence of integers such as (1, 5, 10); got {ks!r}")
     ks = tuple(check_positive_int(k, "k") for k in ks)
     if not ks:
         raise ValueError("ks must name at least one k, for example (1, 5, 10)")
