@@ -145,11 +145,21 @@ class _ModalityMeans:
         return out
 
     def transform_images(self, image_embeds, out=None) -> np.ndarray:
-        """Transform image embeddings; ``out`` may be a preallocated array or memmap of the same shape."""
+        """Transform image embeddings; ``out`` may be a preallocated array or memmap of the same shape, or the input itself.
+
+        Blocks of ``chunk_rows`` rows are normalised, centred and normalised again
+        straight into ``out``, so ``out=embeds`` transforms a writable array or
+        memmap in place without extra memory.
+        """
         return self._transform(image_embeds, "image", out)
 
     def transform_texts(self, text_embeds, out=None) -> np.ndarray:
-        """Transform text embeddings; ``out`` may be a preallocated array or memmap of the same shape."""
+        """Transform text embeddings; ``out`` may be a preallocated array or memmap of the same shape, or the input itself.
+
+        Blocks of ``chunk_rows`` rows are normalised, centred and normalised again
+        straight into ``out``, so ``out=embeds`` transforms a writable array or
+        memmap in place without extra memory.
+        """
         return self._transform(text_embeds, "text", out)
 
     def transform(self, image_embeds, text_embeds):

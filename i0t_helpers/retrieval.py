@@ -6,9 +6,9 @@ whose rank is below k. An image may have several captions: image-to-text counts
 a hit when any of its captions is in the top k (as CLIP evaluations do), and
 text-to-image has exactly one correct image per caption.
 
-Why counting and not a running top-k merge: recall@k only asks whether the
-best correct item is among the k highest scores, and that is the same as
-asking whether fewer than k wrong items score above it. Once the score of
+Why counting and not a running top-k merge: recall@k only depends on whether
+the best correct item is among the k highest scores, which is the same as
+fewer than k wrong items scoring above it. Once the score of
 each query's correct item is known (one dot product per pair), every block of
 the similarity matrix can be reduced to per-row and per-column counts with two
 comparisons and two sums, in any order, with no sort, no buffer of k
@@ -110,7 +110,7 @@ def retrieval_ranks(image_embeds, text_embeds, text_image_index=None, chunk_size
         text_rank[t]  += #{i in I : S[i, t] > positive[t]}
 
     Correct pairs inside the block are then taken out of both counts, using the
-    block's own scores: a block's matrix product may round a pair's score
+    block's own scores. A block's matrix product may round a pair's score
     differently from the row-wise dot product that gave ``positive``, and a
     correct item must never count against itself.
     """
@@ -240,9 +240,9 @@ def retrieve_top_k(query_embeds, gallery_embeds, k: int = 10, chunk_size: int = 
 
     Cosine similarity on L2-normalised rows. For each block of queries the
     best ``k`` candidates seen so far are merged with the best ``k`` of every
-    new gallery block (``numpy.argpartition``), so memory is one
-    ``chunk_size x chunk_size`` block plus ``k`` candidates per query, and
-    the full similarity matrix is never built.
+    new gallery block (``numpy.argpartition``). Extra memory is one normalised
+    copy of each input, one ``chunk_size x chunk_size`` block and ``k``
+    candidates per query; the full similarity matrix is never built.
 
     Parameters
     ----------
