@@ -3,6 +3,7 @@
 Two parts, both on CLIP-like float32 unit embeddings (dim 512, one caption per image):
 
 1. ``--dense-rows`` (default 30,000): recall@1/5/10 at each ``--chunk-sizes``
+   and the same blocks' matrix products alone,
    timed side by side with one dense ``images @ texts.T`` into a preallocated
    output (numpy and torch; the faster one is the reference), after one
    untimed warm-up call of each. A 30k x 30k float32 matrix takes 3.6 GB and
@@ -102,6 +103,9 @@ def dense_side_by_side(rows: int, dim: int, chunk_sizes: list[int], repeats: int
     variants = {
         "dense numpy matmul": lambda: np.matmul(images, texts.T, out=out),
         "dense torch.mm": lambda: torch.mm(torch_images, torch_texts.T, out=torch_out),
+    } | {
+        f"block products only chunk_size={size}": (lambda size=size: block_products_only(images, texts, size))
+        for size in chunk_sizes
     } | {
         f"recall_at_k chunk_size={size}": (lambda size=size: recall_at_k(images, texts, ks=KS, chunk_size=size))
         for size in chunk_sizes
