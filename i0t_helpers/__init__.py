@@ -30,7 +30,7 @@ from .metrics import (
 )
 from .packs import load_pack
 from .post import DistributionNormalization, I0TPost, MindTheGapShift, NotFittedError
-from .retrieval import recall_at_k, retrieval_ranks
+from .retrieval import recall_at_k, retrieval_ranks, retrieve_top_k
 
 __version__ = "0.1.0"
 
@@ -87,5 +87,6 @@ __all__ = [
     "recall_at_k",
     "relative_modality_gap",
     "retrieval_ranks",
+    "retrieve_top_k",
     *_LAZY_EXPORTS,
 ]
