@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validation import ALREADY_UNIT_TOLERANCE, NORM_TOLERANCE, _to_array, check_float_matrix
+from ._validation import ALREADY_UNIT_TOLERANCE, NORM_TOLERANCE, _to_array, check_float_matrix, check_pair_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +51,7 @@ def open_embedding_pair(image_embeds, text_embeds, paired: bool = False, names=(
     """
     images, image_dtype = open_embeddings(image_embeds, names[0])
     texts, text_dtype = open_embeddings(text_embeds, names[1])
-    if images.shape[1] != texts.shape[1]:
-        raise ValueError(
-            f"{names[0]} and {names[1]} must have the same dimension; got {images.shape[1]} "
-            f"and {texts.shape[1]} (were they produced by the same model?)"
-        )
-    if paired and images.shape[0] != texts.shape[0]:
-        raise ValueError(
-            f"paired input needs as many rows in {names[0]} as in {names[1]} (row i of one pairs with row i "
-            f"of the other); got {images.shape[0]} images and {texts.shape[0]} texts"
-        )
+    check_pair_shapes(images.shape, texts.shape, paired, names)
     return images, texts, np.result_type(image_dtype, text_dtype)
 
 

@@ -122,6 +122,21 @@ def check_embeddings(values, name: str, normalize: bool = True) -> np.ndarray:
     return array
 
 
+def check_pair_shapes(image_shape, text_shape, paired: bool, names: tuple[str, str]):
+    """Raise ``ValueError`` unless two 2-D shapes share a dimension (and, when ``paired``, a row count)."""
+    image_name, text_name = names
+    if image_shape[1] != text_shape[1]:
+        raise ValueError(
+            f"{image_name} and {text_name} must have the same dimension; got {image_shape[1]} "
+            f"and {text_shape[1]} (were they produced by the same model?)"
+        )
+    if paired and image_shape[0] != text_shape[0]:
+        raise ValueError(
+            f"paired input needs as many rows in {image_name} as in {text_name} (row i of one pairs with row i "
+            f"of the other); got {image_shape[0]} images and {text_shape[0]} texts"
+        )
+
+
 def check_embedding_pair(image_embeds, text_embeds, paired: bool = False, normalize: bool = True,
                          names: tuple[str, str] = ("image_embeds", "text_embeds")):
     """Validate image and text embeddings of the same dimension.
@@ -134,16 +149,7 @@ def check_embedding_pair(image_embeds, text_embeds, paired: bool = False, normal
     image_name, text_name = names
     images = check_embeddings(image_embeds, image_name, normalize=normalize)
     texts = check_embeddings(text_embeds, text_name, normalize=normalize)
-    if images.shape[1] != texts.shape[1]:
-        raise ValueError(
-            f"{image_name} and {text_name} must have the same dimension; got {images.shape[1]} "
-            f"and {texts.shape[1]} (were they produced by the same model?)"
-        )
-    if paired and images.shape[0] != texts.shape[0]:
-        raise ValueError(
-            f"paired input needs as many rows in {image_name} as in {text_name} (row i of one pairs with row i "
-            f"of the other); got {images.shape[0]} images and {texts.shape[0]} texts"
-        )
+    check_pair_shapes(images.shape, texts.shape, paired, names)
     dtype = np.result_type(images.dtype, texts.dtype)
     return images.astype(dtype, copy=False), texts.astype(dtype, copy=False)
 
