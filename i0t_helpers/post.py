@@ -222,15 +222,15 @@ class _ModalityMeans:
             raise ValueError(f"{path} is not a statistics file written by {cls.__name__}.save: {error}") from None
 
         if header.get("method") != cls._method_name:
-            raise ValueError(f"{path} holds {header.get('method')!r} statistics, not {cls._method_name!r}")
+            raise ValueError(f"{path} contains {header.get('method')!r} statistics, not {cls._method_name!r}")
         if model_name is not None and header["model_name"] != model_name:
             raise ValueError(
-                f"{path} holds statistics of model {header['model_name']!r}, not {model_name!r}; "
+                f"{path} contains statistics of model {header['model_name']!r}, not {model_name!r}; "
                 f"fit statistics for {model_name!r} instead"
             )
         if n_features is not None and header["n_features"] != n_features:
             raise ValueError(
-                f"{path} holds statistics of dimension {header['n_features']}, but the embeddings have "
+                f"{path} contains statistics of dimension {header['n_features']}, but the embeddings have "
                 f"dimension {n_features}"
             )
         if image_sum.shape != (header["n_features"],) or text_sum.shape != (header["n_features"],):

@@ -50,14 +50,14 @@ def load_npy_matrix(path: str, name: str) -> np.ndarray:
     except ValueError as error:
         if "pickle" in str(error).lower() or "python objects" in str(error).lower():
             raise ValueError(
-                f"{path} holds pickled Python objects, which are never loaded; save a plain float array with "
+                f"{path} contains pickled Python objects, which are never loaded; save a plain float array with "
                 f"np.save(path, embeddings.astype(np.float32))"
             ) from None
         raise ValueError(f"{path} is not a readable .npy file: {error}") from None
     except (OSError, EOFError) as error:
         raise ValueError(f"{path} is not a readable .npy file ({error}); save embeddings with np.save") from None
     if array.ndim != 2:
-        raise ValueError(f"{path} holds a {array.ndim}-D array of shape {array.shape}; {name} must be 2-D (n, dim)")
+        raise ValueError(f"{path} contains a {array.ndim}-D array of shape {array.shape}; {name} must be 2-D (n, dim)")
     return np.asarray(array)
 
 
